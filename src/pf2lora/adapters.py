@@ -1,0 +1,299 @@
+"""Two-level LoRA adapters on any ``torch.nn.Module``.
+
+Each adapted Linear computes ``W_k = W0 + s·B A + s̃·D_k C_k`` with ``W0`` frozen, ``s = alpha/r`` and
+``s̃ = alpha_private/r_private``. ``(A, B)`` is the *common* adapter (communicated), ``(C_k, D_k)`` the
+*private* client adapter (never leaves the client).
+
+Why a small layer of our own rather than HF PEFT's ``LoraLayer``: every algorithm here evaluates the
+model *functionally* at adapter values that are not the module's parameters (the PF2LoRA lookahead
+``y - α∇y f`` is a non-leaf tensor; one frozen base serves many simulated clients whose adapters are
+swapped per call; HETLoRA clients hold truncated rank-``r_k`` factors). PEFT would let two named
+adapters be summed, but its scaling is tied to each adapter's configured rank (truncation would
+rescale), its multi-adapter training marks only the active adapter trainable, and its
+``modules_to_save`` wrapper duplicates heads per adapter under sequence-classification task types.
+A 60-line layer with a fixed scaling and ``torch.func.functional_call`` gives all of that exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+COMMON_SUFFIXES = ("lora_A", "lora_B")
+PRIVATE_SUFFIXES = ("lora_C", "lora_D")
+Params = dict[str, Tensor]
+Group = Literal["common", "private"]
+
+
+class TwoLevelLoRALinear(nn.Module):
+    """A frozen linear map plus a common rank-``r`` and a private rank-``r_private`` LoRA branch.
+
+    ``base`` may be ``nn.Linear`` (weight ``out×in``) or a GPT-2 style ``Conv1D`` (weight ``in×out``,
+    ``fan_in_fan_out=True``); the base forward is called unchanged. Scalings are fixed at
+    construction so that truncating factors to a smaller rank (HETLoRA) never rescales them.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        r: int,
+        r_private: int = 0,
+        alpha: float | None = None,
+        alpha_private: float | None = None,
+        dropout: float = 0.0,
+        fan_in_fan_out: bool = False,
+    ) -> None:
+        super().__init__()
+        if r < 1:
+            raise ValueError(f"r must be >= 1, got {r}")
+        if r_private < 0:
+            raise ValueError(f"r_private must be >= 0, got {r_private}")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        weight = base.weight
+        self.fan_in_fan_out = fan_in_fan_out
+        self.in_features, self.out_features = (
+            (weight.shape[0], weight.shape[1]) if fan_in_fan_out else (weight.shape[1], weight.shape[0])
+        )
+        self.r, self.r_private = r, r_private
+        self.scaling = (alpha if alpha is not None else r) / r
+        self.scaling_private = (
+            (alpha_private if alpha_private is not None else r_private) / r_private if r_private else 0.0
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        dev, dt = weight.device, weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=dev, dtype=dt))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=dev, dtype=dt))
+        if r_private:
+            self.lora_C = nn.Parameter(torch.empty(r_private, self.in_features, device=dev, dtype=dt))
+            self.lora_D = nn.Parameter(torch.zeros(self.out_features, r_private, device=dev, dtype=dt))
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
+        """LoRA's initialisation (Hu et al.): A, C Kaiming-uniform, B, D zero, so ΔW starts at 0."""
+        with torch.no_grad():
+            for name in ("lora_A", "lora_C"):
+                if hasattr(self, name):
+                    kaiming_uniform_(getattr(self, name), generator)
+            for name in ("lora_B", "lora_D"):
+                if hasattr(self, name):
+                    getattr(self, name).zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        h = self.dropout(x)
+        out = out + self.scaling * ((h @ self.lora_A.t()) @ self.lora_B.t())
+        if self.r_private:
+            out = out + self.scaling_private * ((h @ self.lora_C.t()) @ self.lora_D.t())
+        return out
+
+    def delta_weight(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """ΔW (``out×in``) of this layer, from its own parameters or from ``params`` (local names)."""
+        p = params or {}
+        a, b = p.get("lora_A", self.lora_A), p.get("lora_B", self.lora_B)
+        delta = self.scaling * (b @ a)
+        if self.r_private:
+            c, d = p.get("lora_C", self.lora_C), p.get("lora_D", self.lora_D)
+            delta = delta + self.scaling_private * (d @ c)
+        return delta
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, r={self.r}, "
+            f"r_private={self.r_private}, scaling={self.scaling:g}, "
+            f"scaling_private={self.scaling_private:g}"
+        )
+
+
+def kaiming_uniform_(t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``nn.init.kaiming_uniform_(a=√5)`` as PEFT uses for ``lora_A``, with an explicit generator."""
+    bound = 1.0 / math.sqrt(t.shape[1])
+    with torch.no_grad():
+        return t.uniform_(-bound, bound, generator=generator)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def add_two_level_lora(
+    model: nn.Module,
+    target_modules: Sequence[str],
+    r: int,
+    r_private: int = 0,
+    alpha: float | None = None,
+    alpha_private: float | None = None,
+    dropout: float = 0.0,
+) -> list[str]:
+    """Freeze ``model`` and wrap every Linear/Conv1D whose name ends with a target in a two-level layer.
+
+    Returns the qualified names of the adapted modules; raises if no target matched.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped: list[str] = []
+    for name, module in list(model.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if not name or not any(leaf == t or name.endswith("." + t) or name == t for t in target_modules):
+            continue
+        if isinstance(module, TwoLevelLoRALinear):
+            continue
+        if not (isinstance(module, nn.Linear) or _is_conv1d(module)):
+            raise TypeError(f"target module {name!r} is {type(module).__name__}, not Linear/Conv1D")
+        layer = TwoLevelLoRALinear(
+            module, r, r_private, alpha, alpha_private, dropout, fan_in_fan_out=_is_conv1d(module)
+        )
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, leaf, layer)
+        wrapped.append(name)
+    if not wrapped:
+        raise ValueError(f"target_modules {list(target_modules)} matched no module of the model")
+    return wrapped
+
+
+def lora_layers(model: nn.Module) -> dict[str, TwoLevelLoRALinear]:
+    """All two-level layers of ``model`` by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, TwoLevelLoRALinear)}
+
+
+class _LossModule(nn.Module):
+    """Wraps ``loss_fn(net, batch)`` as a module so ``functional_call`` can swap adapter values."""
+
+    def __init__(self, net: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor]) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.loss_fn(self.net, batch)
+
+
+class AdaptedModel:
+    """One frozen base with two-level LoRA, evaluated at any adapter values (functionally).
+
+    Parameter state splits into: the frozen base (held by the module), the common group
+    (``lora_A``/``lora_B`` and, if ``head_group == "common"``, the task head) and the private group
+    (``lora_C``/``lora_D`` and, if ``head_group == "private"``, the head). Many simulated clients
+    share this single object; each keeps only its own small adapter tensors.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss_fn: Callable[[nn.Module, Any], Tensor],
+        head_modules: Iterable[str] = (),
+        head_group: Group = "common",
+    ) -> None:
+        if head_group not in ("common", "private"):
+            raise ValueError(f"head_group must be 'common' or 'private', got {head_group!r}")
+        self.net = net
+        self._wrapper = _LossModule(net, loss_fn)
+        self.head_group: Group = head_group
+        heads = tuple(head_modules)
+        self.head_names: list[str] = []
+        for name, p in net.named_parameters():
+            if any(name == h or name.startswith(h + ".") for h in heads):
+                p.requires_grad_(True)
+                self.head_names.append(name)
+        if heads and not self.head_names:
+            raise ValueError(f"head_modules {list(heads)} matched no parameter of the model")
+        names = [n for n, _ in net.named_parameters()]
+        lora_common = [n for n in names if n.rsplit(".", 1)[-1] in COMMON_SUFFIXES]
+        lora_private = [n for n in names if n.rsplit(".", 1)[-1] in PRIVATE_SUFFIXES]
+        self.common_names = lora_common + (self.head_names if head_group == "common" else [])
+        self.private_names = lora_private + (self.head_names if head_group == "private" else [])
+        self.layers = lora_layers(net)
+
+    # ---- state -----------------------------------------------------------------------------
+    def current(self, names: Iterable[str]) -> Params:
+        """Detached copies of the module's current values for ``names``."""
+        p = dict(self.net.named_parameters())
+        return {n: p[n].detach().clone() for n in names}
+
+    def fresh_lora(self, names: Iterable[str], generator: torch.Generator) -> Params:
+        """LoRA initialisation for adapter ``names`` (A, C uniform; B, D zero); heads are copied."""
+        p = dict(self.net.named_parameters())
+        out: Params = {}
+        for n in names:
+            t = torch.empty_like(p[n])
+            suffix = n.rsplit(".", 1)[-1]
+            if suffix in ("lora_A", "lora_C"):
+                kaiming_uniform_(t, generator)
+            elif suffix in ("lora_B", "lora_D"):
+                t.zero_()
+            else:
+                t.copy_(p[n].detach())
+            out[n] = t
+        return out
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def loss(self, params: Mapping[str, Tensor], batch: Any) -> Tensor:
+        """Task loss on ``batch`` with the given adapter/head values (others from the module)."""
+        return torch.func.functional_call(
+            self._wrapper, {"net." + k: v for k, v in params.items()}, (batch,), strict=False
+        )
+
+    def call(self, params: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+        """Forward of the underlying network at the given adapter/head values."""
+        return torch.func.functional_call(self.net, dict(params), args, kwargs, strict=False)
+
+    def delta_weights(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """ΔW of every adapted layer at ``params`` (the personalized update of a client)."""
+        out = {}
+        for lname, layer in self.layers.items():
+            local = {
+                n[len(lname) + 1 :]: v
+                for n, v in params.items()
+                if n.startswith(lname + ".") and "." not in n[len(lname) + 1 :]
+            }
+            out[lname] = layer.delta_weight(local).detach()
+        return out
+
+    def trainable_parameters(self, params: Mapping[str, Tensor]) -> int:
+        """Number of scalars in ``params``."""
+        return sum(t.numel() for t in params.values())
+
+
+def effective_rank(delta: Tensor, threshold: float = 0.9) -> int:
+    """The paper's rank rule: smallest ``j`` with ``Σ_{i≤j} σ_i ≥ threshold·Σ_i σ_i`` (0 for ΔW = 0)."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    s = torch.linalg.svdvals(delta.detach().double())
+    total = s.sum()
+    if total <= 0:
+        return 0
+    cum = torch.cumsum(s, 0)
+    return int(torch.searchsorted(cum, threshold * total - 1e-12 * total).item()) + 1
+
+
+def truncate_rank(params: Mapping[str, Tensor], rank: int) -> Params:
+    """HETLoRA distribution: keep the first ``rank`` rows of A (r×in) and columns of B (out×r)."""
+    out: Params = {}
+    for n, t in params.items():
+        suffix = n.rsplit(".", 1)[-1]
+        if suffix == "lora_A":
+            out[n] = t[:rank].clone()
+        elif suffix == "lora_B":
+            out[n] = t[:, :rank].clone()
+        else:
+            out[n] = t.clone()
+    return out
+
+
+def zero_pad_rank(params: Mapping[str, Tensor], rank: int) -> Params:
+    """HETLoRA aggregation: zero-pad A's rows and B's columns up to ``rank`` (= r_max)."""
+    out: Params = {}
+    for n, t in params.items():
+        suffix = n.rsplit(".", 1)[-1]
+        if suffix == "lora_A":
+            out[n] = torch.cat([t, t.new_zeros(rank - t.shape[0], t.shape[1])], 0)
+        elif suffix == "lora_B":
+            out[n] = torch.cat([t, t.new_zeros(t.shape[0], rank - t.shape[1])], 1)
+        else:
+            out[n] = t.clone()
+    return out

@@ -1,0 +1,185 @@
+"""The one small interface every federated algorithm implements, plus shared numeric helpers.
+
+An algorithm knows nothing of the runtime: it is handed an :class:`~pf2lora.adapters.AdaptedModel`,
+a source of local batches and the tensors the server broadcast, and it returns the tensors a client
+uploads. The split mirrors Flower's strategies (server side: ``init_global``/``aggregate``) and
+ClientApps (client side: ``init_client``/``local_update``/``personalize``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from pf2lora.adapters import AdaptedModel, Params
+
+
+class BatchSource(Protocol):
+    """A client's local training data as an endless stream of mini-batches."""
+
+    def next(self) -> Any:
+        """The next mini-batch."""
+        ...
+
+
+@dataclass
+class ClientState:
+    """Everything a client keeps to itself between rounds: never put into a payload."""
+
+    private: Params = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AlgorithmConfig(BaseModel):
+    """Base of every algorithm's hyperparameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Algorithm(ABC):
+    """A federated fine-tuning algorithm over a two-level LoRA model."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AlgorithmConfig]]
+    #: Whether an experiment should pool every client's training data into one client.
+    pools_client_data: ClassVar[bool] = False
+    #: Rank of the private adapter this algorithm uses (0: none) given the experiment's r_private.
+    uses_private_adapter: ClassVar[bool] = False
+
+    def __init__(self, config: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            config = self.Config()
+        elif not isinstance(config, AlgorithmConfig):
+            config = self.Config(**dict(config))
+        self.config = config
+
+    # ---- server side -------------------------------------------------------------------------
+    def init_global(self, model: AdaptedModel, generator: torch.Generator) -> Params:
+        """The server's initial global (communicated) state."""
+        return model.fresh_lora(model.common_names, generator)
+
+    def aggregate(self, global_state: Params, uploads: Sequence[Params], weights: Sequence[float]) -> Params:
+        """New global state from the clients' uploads (``weights`` are normalised by the runtime)."""
+        return weighted_mean(uploads, weights)
+
+    # ---- client side -------------------------------------------------------------------------
+    def init_client(
+        self, model: AdaptedModel, client: int, num_clients: int, generator: torch.Generator
+    ) -> ClientState:
+        """Private state (adapter, optimizer, counters) of client ``client`` (0-based) of ``num_clients``."""
+        return ClientState(private=model.fresh_lora(model.private_names, generator))
+
+    @abstractmethod
+    def local_update(
+        self, model: AdaptedModel, received: Params, state: ClientState, data: BatchSource, steps: int
+    ) -> tuple[Params, dict[str, float]]:
+        """Run ``steps`` local steps from the broadcast ``received``; return (upload, metrics).
+
+        ``state`` is updated in place. The upload must hold only communicated tensors.
+        """
+
+    def personalize(
+        self, model: AdaptedModel, global_state: Params, state: ClientState | None, data: BatchSource | None
+    ) -> Params:
+        """All adapter/head values of the client's personalized model, for evaluation."""
+        return {**{k: v.detach() for k, v in global_state.items()}, **(state.private if state else {})}
+
+
+def weighted_mean(uploads: Sequence[Params], weights: Sequence[float]) -> Params:
+    """Σ_k w_k·x_k for every tensor name (weights must sum to 1)."""
+    if not uploads:
+        raise ValueError("no uploads to aggregate")
+    out: Params = {}
+    for name in uploads[0]:
+        acc = torch.zeros_like(uploads[0][name])
+        for w, up in zip(weights, uploads, strict=True):
+            acc.add_(up[name], alpha=float(w))
+        out[name] = acc
+    return out
+
+
+def leaves(params: Mapping[str, Tensor]) -> Params:
+    """Fresh leaf copies that require grad, for a client's local training."""
+    return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+
+def make_optimizer(
+    kind: Literal["adamw", "sgd"], params: Mapping[str, Tensor], lr: float, weight_decay: float, state: dict
+) -> torch.optim.Optimizer:
+    """An optimizer over ``params`` that resumes from a saved ``state`` dict (empty: fresh)."""
+    tensors = list(params.values())
+    opt: torch.optim.Optimizer
+    if kind == "adamw":
+        opt = torch.optim.AdamW(tensors, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(tensors, lr=lr, weight_decay=weight_decay)
+    if state:
+        opt.load_state_dict(state)
+    return opt
+
+
+def apply_step(opt: torch.optim.Optimizer, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> None:
+    """Set ``.grad`` of each leaf in ``params`` to ``grads`` and take one optimizer step."""
+    for k, p in params.items():
+        p.grad = grads[k]
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def grad_dict(
+    loss: Tensor, params: Mapping[str, Tensor], create_graph: bool = False, retain_graph: bool | None = None
+) -> Params:
+    """∇ of ``loss`` w.r.t. each tensor in ``params`` (zeros where it does not depend on one)."""
+    names = list(params)
+    grads = torch.autograd.grad(
+        loss,
+        [params[n] for n in names],
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    return dict(zip(names, grads, strict=True))
+
+
+def axpy(x: Mapping[str, Tensor], a: float, y: Mapping[str, Tensor]) -> Params:
+    """``x + a·y`` name-wise (keeps the autograd graph)."""
+    return {k: x[k] + a * y[k] for k in x}
+
+
+def sq_norm(x: Mapping[str, Tensor]) -> Tensor:
+    """Σ‖x_i‖² over all tensors."""
+    return sum((t.detach().double() ** 2).sum() for t in x.values())  # type: ignore[return-value]
+
+
+RNGState = tuple[Tensor, list[Tensor] | None]
+
+
+def rng_state() -> RNGState:
+    """Snapshot of torch's CPU (and, if used, CUDA) RNG, to replay identical dropout masks later."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_rng_state(state: RNGState) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+@contextlib.contextmanager
+def replay_randomness(state: RNGState) -> Iterator[None]:
+    """Run a block with the RNG at ``state`` (same dropout masks as then), then resume where we were."""
+    now = rng_state()
+    _set_rng_state(state)
+    try:
+        yield
+    finally:
+        _set_rng_state(now)

@@ -1,0 +1,53 @@
+"""HOMLoRA: FedAvg of one rank-r LoRA adapter shared by every client (Section 3 of the paper).
+
+Each client runs ``I`` AdamW (or SGD) steps on the common adapter from the broadcast value, the
+server averages. There is no client adapter; every client is evaluated with the global adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat
+
+from pf2lora.adapters import AdaptedModel, Params
+from pf2lora.algorithms.base import (
+    Algorithm,
+    AlgorithmConfig,
+    BatchSource,
+    ClientState,
+    apply_step,
+    grad_dict,
+    leaves,
+    make_optimizer,
+)
+
+
+class HOMLoRAConfig(AlgorithmConfig):
+    """Hyperparameters of HOMLoRA."""
+
+    lr: PositiveFloat = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class HOMLoRA(Algorithm):
+    """FedAvg over a single LoRA adapter."""
+
+    name = "homlora"
+    Config = HOMLoRAConfig
+    config: HOMLoRAConfig
+
+    def local_update(
+        self, model: AdaptedModel, received: Params, state: ClientState, data: BatchSource, steps: int
+    ) -> tuple[Params, dict[str, float]]:
+        c = self.config
+        x = leaves(received)
+        opt = make_optimizer(c.optimizer, x, c.lr, c.weight_decay, state.optimizer)
+        losses = []
+        for _ in range(steps):
+            loss = model.loss(x, data.next())
+            apply_step(opt, x, grad_dict(loss, x))
+            losses.append(float(loss))
+        state.optimizer = opt.state_dict()
+        return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}

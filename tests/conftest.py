@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny randomly initialised models and deterministic batch sources."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from pf2lora.adapters import AdaptedModel, add_two_level_lora
+
+
+class FixedBatches:
+    """A batch source cycling through a given list (so tests control π, ξ, ζ exactly)."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches, self.i = batches, 0
+
+    def next(self) -> Any:
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+
+class TinyNet(nn.Module):
+    """Two adapted layers with a nonlinearity: enough curvature for non-trivial mixed derivatives."""
+
+    def __init__(self, d_in: int = 6, d_hidden: int = 8, d_out: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_out)
+        self.head = nn.Linear(d_out, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+def mse_loss(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    x, y = batch
+    return ((net(x) - y) ** 2).sum(1).mean()
+
+
+@pytest.fixture
+def tiny_model() -> Callable[..., AdaptedModel]:
+    """Factory of a tiny two-level LoRA model with non-zero B and D (so every term is active)."""
+
+    def make(r: int = 3, r_private: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0, head: bool = False):
+        torch.manual_seed(seed)
+        net = TinyNet().to(dtype)
+        add_two_level_lora(net, ["fc1", "fc2"], r=r, r_private=r_private, alpha=2 * r, alpha_private=r_private or None)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if "lora_" in name:
+                    p.normal_(0, 0.3)
+        return AdaptedModel(net, mse_loss, head_modules=["head"] if head else ())
+
+    return make
+
+
+def regression_batches(n: int, seed: int, dtype: torch.dtype = torch.float64, size: int = 16) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, 6, generator=g, dtype=dtype), torch.randn(size, 3, generator=g, dtype=dtype))
+        for _ in range(n)
+    ]
+
+
+def tiny_bert(r: int = 4, r_private: int = 2, dropout: float = 0.1, seed: int = 0) -> AdaptedModel:
+    """A 2-layer random BERT classifier with two-level LoRA on query/value."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    net = BertForSequenceClassification(cfg)
+    add_two_level_lora(net, ["query", "value"], r=r, r_private=r_private, alpha=2 * r, dropout=dropout)
+    return AdaptedModel(net, lambda m, b: m(**b).loss, head_modules=["classifier"])
+
+
+def bert_batch(g: torch.Generator, size: int = 8, length: int = 12) -> dict[str, Tensor]:
+    return {
+        "input_ids": torch.randint(0, 64, (size, length), generator=g),
+        "attention_mask": torch.ones(size, length, dtype=torch.long),
+        "labels": torch.randint(0, 2, (size,), generator=g),
+    }
