@@ -47,9 +47,9 @@ class SyntheticConfig(BaseModel):
     local_steps: PositiveInt = 10
     batch_size: PositiveInt = N_TRAIN
     rank_threshold: float = Field(0.9, gt=0.0, le=1.0)
-    # Appendix K picks (η, α) = (0.005, 0.002) from the grid [0.001, 0.01]; with those PF2LoRA has not
+    # Appendix K picks (η, α) = (0.005, 0.002) from its grid [0.001, 0.01]; with those PF2LoRA has not
     # converged after 2000 steps here (README), so the default is the grid's top, (0.01, 0.01).
-    pf2lora: dict[str, Any] = Field(default_factory=lambda: {"lr": 5e-3, "lr_private": 2e-3, "hypergradient": "exact"})
+    pf2lora: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-2, "lr_private": 1e-2, "hypergradient": "exact"})
     hetlora: dict[str, Any] = Field(
         default_factory=lambda: {"lr": 2e-3, "r_min": 1, "r_max": 12, "ranks": [2, 10], "lam": 0.1, "gamma": 0.7}
     )

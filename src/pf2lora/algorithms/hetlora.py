@@ -143,7 +143,7 @@ class HETLoRA(Algorithm):
             loss = model.loss(x, data.next())
             objective = loss + c.lam * tail_score(x, start) if can_prune and c.lam else loss
             apply_step(opt, x, grad_dict(objective, x))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         upload = {k: v.detach() for k, v in x.items()}
         metrics = {"train_loss": sum(losses) / len(losses), "rank": float(rank)}
         if can_prune:

@@ -48,6 +48,6 @@ class HOMLoRA(Algorithm):
         for _ in range(steps):
             loss = model.loss(x, data.next())
             apply_step(opt, x, grad_dict(loss, x))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         state.optimizer = opt.state_dict()
         return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}

@@ -66,7 +66,7 @@ class PerFedAvg(Algorithm):
                 hvp = grad_dict(dot, x)  # type: ignore[arg-type]
                 g_outer = {k: g_outer[k] - c.lr_inner * hvp[k] for k in x}
             apply_step(opt, x, g_outer)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         state.optimizer = opt.state_dict()
         return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
 

@@ -41,7 +41,7 @@ class PF2LoRANoBO(PF2LoRA):
             g = grad_dict(loss, {**x, **y})
             y = leaves({k: y[k] - c.lr_private * g[k] for k in y})
             apply_step(opt, x, {k: g[k] for k in x})
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         state.private = {k: v.detach() for k, v in y.items()}
         state.optimizer = opt.state_dict()
         return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}

@@ -1,0 +1,148 @@
+"""Baselines: HOMLoRA means, HETLoRA truncation/padding/weights/pruning, Per-FedAvg, no-BO PF2LoRA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import FixedBatches, regression_batches
+
+from pf2lora.adapters import effective_rank, truncate_rank, zero_pad_rank
+from pf2lora.algorithms import ALGORITHMS, make_algorithm
+from pf2lora.algorithms.base import ClientState, leaves, weighted_mean
+from pf2lora.algorithms.hetlora import tail_score
+
+
+def test_registry_names_match_classes():
+    assert set(ALGORITHMS) == {"pf2lora", "pf2lora_nobo", "homlora", "centralized", "perfedavg", "hetlora"}
+    for name, cls in ALGORITHMS.items():
+        assert cls.name == name
+
+
+def test_unknown_hyperparameter_is_named():
+    with pytest.raises(ValueError, match="lr_privat"):
+        make_algorithm("pf2lora", {"lr_privat": 0.1})
+    with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'"):
+        make_algorithm("fedsgd")
+
+
+def test_homlora_aggregation_is_an_exact_mean():
+    ups = [{"a.lora_A": torch.full((2, 3), float(v)), "a.lora_B": torch.full((3, 2), 2.0 * v)} for v in (1, 2, 6)]
+    alg = make_algorithm("homlora")
+    out = alg.aggregate({}, ups, [1 / 3] * 3)
+    assert torch.equal(out["a.lora_A"], torch.full((2, 3), 3.0))
+    assert torch.equal(out["a.lora_B"], torch.full((3, 2), 6.0))
+    weighted = weighted_mean(ups, [0.5, 0.5, 0.0])
+    assert torch.equal(weighted["a.lora_A"], torch.full((2, 3), 1.5))
+
+
+def test_truncation_and_zero_padding_by_hand():
+    a = torch.arange(12.0).reshape(4, 3)  # r×in
+    b = torch.arange(8.0).reshape(2, 4)  # out×r
+    t = truncate_rank({"l.lora_A": a, "l.lora_B": b, "head.weight": torch.ones(2)}, 2)
+    assert torch.equal(t["l.lora_A"], torch.tensor([[0.0, 1, 2], [3, 4, 5]]))
+    assert torch.equal(t["l.lora_B"], torch.tensor([[0.0, 1], [4, 5]]))
+    assert torch.equal(t["head.weight"], torch.ones(2))
+    p = zero_pad_rank(t, 4)
+    assert torch.equal(p["l.lora_A"], torch.tensor([[0.0, 1, 2], [3, 4, 5], [0, 0, 0], [0, 0, 0]]))
+    assert torch.equal(p["l.lora_B"], torch.tensor([[0.0, 1, 0, 0], [4, 5, 0, 0]]))
+
+
+def test_hetlora_sparsity_weighted_aggregation_by_hand():
+    alg = make_algorithm("hetlora", {"r_min": 1, "r_max": 3})
+    # client 1: rank 1, ΔW = B A = 3·e1 e1ᵀ (‖ΔW‖ = 3); client 2: rank 3, ΔW = I (‖ΔW‖ = √3)
+    up1 = {"l.lora_A": torch.tensor([[1.0, 0, 0]]), "l.lora_B": torch.tensor([[3.0], [0], [0]])}
+    up2 = {"l.lora_A": torch.eye(3), "l.lora_B": torch.eye(3)}
+    out = alg.aggregate({}, [up1, up2], [0.5, 0.5])
+    w1, w2 = 3 / (3 + math.sqrt(3)), math.sqrt(3) / (3 + math.sqrt(3))
+    exp_a = w1 * torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 0, 0]]) + w2 * torch.eye(3)
+    exp_b = w1 * torch.tensor([[3.0, 0, 0], [0, 0, 0], [0, 0, 0]]) + w2 * torch.eye(3)
+    torch.testing.assert_close(out["l.lora_A"], exp_a)
+    torch.testing.assert_close(out["l.lora_B"], exp_b)
+
+
+def test_hetlora_initial_ranks_follow_the_paper_rule():
+    alg = make_algorithm("hetlora", {"r_min": 2, "r_max": 10})
+    assert [alg.initial_rank(k, 4) for k in range(4)] == [2, 4, 6, 8]  # r_min + (r_max − r_min)(k−1)/M
+    explicit = make_algorithm("hetlora", {"r_min": 1, "r_max": 12, "ranks": [2, 10]})
+    assert [explicit.initial_rank(k, 2) for k in range(2)] == [2, 10]
+    with pytest.raises(ValueError, match="ranks"):
+        make_algorithm("hetlora", {"r_min": 1, "r_max": 4, "ranks": [5]})
+
+
+def test_hetlora_self_pruning(tiny_model):
+    model = tiny_model(r=4, r_private=0)
+    glob = model.current(model.common_names)
+    batches = regression_batches(4, seed=0)
+    strong = make_algorithm("hetlora", {"r_min": 1, "r_max": 4, "lam": 5.0, "gamma": 0.5, "lr": 0.05})
+    state = strong.init_client(model, 1, 2, torch.Generator())
+    assert state.extra["rank"] == 2 + 0  # 1 + (4 − 1)·1 // 2
+    state.extra["rank"] = 4
+    upload, metrics = strong.local_update(model, glob, state, FixedBatches(batches), steps=10)
+    assert state.extra["rank"] == 2 and metrics["rank"] == 2.0
+    assert all(t.shape[0] == 2 for n, t in upload.items() if n.endswith("lora_A"))
+    assert all(t.shape[1] == 2 for n, t in upload.items() if n.endswith("lora_B"))
+    # the regularized tail shrank; next round resumes with a consistent optimizer state
+    assert float(tail_score(upload, 2)) == 0.0
+    strong.local_update(model, glob, state, FixedBatches(batches), steps=2)
+    # no regularization and no pruning below r_min
+    weak = make_algorithm("hetlora", {"r_min": 4, "r_max": 4, "lam": 5.0})
+    st = ClientState(extra={"rank": 4})
+    weak.local_update(model, glob, st, FixedBatches(batches), steps=3)
+    assert st.extra["rank"] == 4
+
+
+def test_perfedavg_hessian_variant_is_the_maml_gradient(tiny_model):
+    model = tiny_model(r_private=0)
+    d, d2 = regression_batches(2, seed=7)
+    x0 = model.current(model.common_names)
+    alg = make_algorithm("perfedavg", {"lr": 1.0, "lr_inner": 0.2, "optimizer": "sgd", "variant": "hessian"})
+    upload, _ = alg.local_update(model, x0, ClientState(), FixedBatches([d, d2, d]), steps=1)
+    x = leaves(x0)
+    g = torch.autograd.grad(model.loss(x, d), list(x.values()), create_graph=True)
+    adapted = {k: x[k] - 0.2 * gk for k, gk in zip(x, g, strict=True)}
+    ref = torch.autograd.grad(model.loss(adapted, d2), list(x.values()))
+    for (k, v), r in zip(x0.items(), ref, strict=True):
+        torch.testing.assert_close(upload[k], v - r)
+    fo = make_algorithm("perfedavg", {"lr": 1.0, "lr_inner": 0.2, "optimizer": "sgd"})
+    up_fo, _ = fo.local_update(model, x0, ClientState(), FixedBatches([d, d2]), steps=1)
+    assert not torch.allclose(up_fo[next(iter(x0))], upload[next(iter(x0))])
+
+
+def test_perfedavg_personalizes_with_one_step(tiny_model):
+    model = tiny_model(r_private=0)
+    (d,) = regression_batches(1, seed=8)
+    x0 = model.current(model.common_names)
+    alg = make_algorithm("perfedavg", {"lr_inner": 0.1})
+    personal = alg.personalize(model, x0, None, FixedBatches([d]))
+    assert float(model.loss(personal, d)) < float(model.loss(x0, d))
+
+
+def test_nobo_updates_both_adapters_from_one_first_order_gradient(tiny_model):
+    model = tiny_model()
+    (xi,) = regression_batches(1, seed=9)
+    x0, y0 = model.current(model.common_names), model.current(model.private_names)
+    alg = make_algorithm("pf2lora_nobo", {"lr": 0.1, "lr_private": 0.2, "optimizer": "sgd"})
+    state = ClientState(private=dict(y0))
+    upload, _ = alg.local_update(model, x0, state, FixedBatches([xi]), steps=1)
+    x, y = leaves(x0), leaves(y0)
+    g = torch.autograd.grad(model.loss({**x, **y}, xi), [*x.values(), *y.values()])
+    for (k, v), gk in zip(x0.items(), g[: len(x)], strict=True):
+        torch.testing.assert_close(upload[k], v - 0.1 * gk)
+    for (k, v), gk in zip(y0.items(), g[len(x) :], strict=True):
+        torch.testing.assert_close(state.private[k], v - 0.2 * gk)
+
+
+def test_effective_rank_rule():
+    u, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+
+    def with_singular_values(s):
+        return u @ torch.diag(torch.tensor(s, dtype=torch.float64)) @ u.T
+
+    assert effective_rank(with_singular_values([5, 4, 1, 0, 0, 0])) == 2  # 9 ≥ 0.9·10: equality counts
+    assert effective_rank(with_singular_values([5, 3, 2, 0, 0, 0])) == 3  # 8 < 9 ≤ 10
+    assert effective_rank(with_singular_values([9, 1, 0, 0, 0, 0])) == 1  # 9 ≥ 0.9·10
+    assert effective_rank(with_singular_values([1, 1, 1, 1, 0, 0])) == 4
+    assert effective_rank(with_singular_values([1, 1, 1, 1, 0, 0]), threshold=0.5) == 2
+    assert effective_rank(torch.zeros(3, 3)) == 0
