@@ -16,8 +16,9 @@ A 60-line layer with a fixed scaling and ``torch.func.functional_call`` gives al
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -241,6 +242,25 @@ class AdaptedModel:
     def call(self, params: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
         """Forward of the underlying network at the given adapter/head values."""
         return torch.func.functional_call(self.net, dict(params), args, kwargs, strict=False)
+
+    @contextlib.contextmanager
+    def use(self, params: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+        """Temporarily put ``params`` into the network itself, for code that calls it directly (``generate``).
+
+        ``functional_call`` covers ``forward`` only; this swaps the same values in place of the registered
+        parameters (shapes may differ, as for HETLoRA's truncated factors) and restores them afterwards.
+        """
+        saved = []
+        try:
+            for name, value in params.items():
+                owner, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+                module = self.net.get_submodule(owner)
+                saved.append((module, leaf, module._parameters[leaf]))
+                module._parameters[leaf] = value  # type: ignore[assignment]
+            yield self.net
+        finally:
+            for module, leaf, original in reversed(saved):
+                module._parameters[leaf] = original
 
     def delta_weights(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """ΔW of every adapted layer at ``params`` (the personalized update of a client)."""

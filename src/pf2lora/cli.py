@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -21,7 +22,7 @@ def _root() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -102,6 +103,102 @@ def synthetic(
         )
     console.print(table)
     console.print(f"wrote {out / 'metrics.jsonl'} and {out / 'synthetic.png'} in {time.perf_counter() - t0:.1f}s")
+
+
+def _config(path: Path, overrides: list[str] | None) -> Any:
+    from transformers.utils import logging as hf_logging
+
+    from pf2lora.config import ConfigError, load_config
+
+    hf_logging.set_verbosity_error()  # load reports about the freshly initialised task head are expected
+    hf_logging.disable_progress_bar()
+
+    try:
+        return load_config(path, overrides)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _run_with_progress(prepared: Any, names: list[str], out: Path) -> list[dict[str, Any]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pf2lora.algorithms import ALGORITHMS
+    from pf2lora.experiment import run_algorithm
+
+    cfg = prepared.cfg
+    summaries = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        for name in names:
+            per_round = (
+                1
+                if ALGORITHMS[name].pools_client_data
+                else max(1, math.ceil(cfg.federation.client_fraction * len(prepared.clients)))
+            )
+            bar = progress.add_task(name, total=cfg.federation.rounds * per_round)
+
+            def tick(row: dict[str, Any], bar: Any = bar, name: str = name) -> None:
+                progress.update(
+                    bar,
+                    advance=1,
+                    description=f"{name:12s} round {row['round']}/{cfg.federation.rounds} "
+                    f"client {row['client']} loss {row.get('train_loss', float('nan')):.4f}",
+                )
+
+            summaries.append(run_algorithm(prepared, name, out / name if len(names) > 1 else out, tick))
+    return summaries
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="Algorithm (default: the config's).")] = None,
+) -> None:
+    """Run one algorithm of an experiment config."""
+    from pf2lora.experiment import prepare
+
+    cfg = _config(config, (set_ or []) + ([f"algorithm={algorithm}"] if algorithm else []))
+    summary = _run_with_progress(_prepare_or_fail(prepare, cfg), [cfg.algorithm], out)[0]
+    mean = summary["final"]["mean"]
+    console.print(
+        f"{cfg.algorithm}: mean client {summary['metric']} {mean.get(summary['metric'], float('nan')):.2f} "
+        f"in {summary['wall_seconds']:.0f}s; wrote {out}"
+    )
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    algorithms: Annotated[
+        str | None, typer.Option(help="Comma-separated (default: the config's compare list).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")] = None,
+) -> None:
+    """Run several algorithms on identical client partitions; write table.md and compare.png."""
+    from pf2lora.experiment import comparison_table, plot_comparison, prepare
+    from pf2lora.io import write_text
+
+    overrides = list(set_ or [])
+    if algorithms:
+        overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
+    cfg = _config(config, overrides)
+    names = list(dict.fromkeys(cfg.compare))
+    summaries = _run_with_progress(_prepare_or_fail(prepare, cfg), names, out)
+    table = comparison_table(cfg, summaries)
+    write_text(out / "table.md", table)
+    plot_comparison(out, names, summaries[0]["metric"])
+    console.print(table)
+    console.print(f"wrote {out / 'table.md'} and {out / 'compare.png'}")
+
+
+def _prepare_or_fail(prepare: Any, cfg: Any) -> Any:
+    try:
+        return prepare(cfg)
+    except FileNotFoundError as e:
+        _fail(str(e).splitlines()[0])
 
 
 def main() -> None:

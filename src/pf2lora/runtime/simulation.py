@@ -39,6 +39,34 @@ class ClientData:
     test: Any = None
 
 
+def pool_clients(clients: Sequence[ClientData], cid: str = "pooled") -> ClientData:
+    """One client holding every client's training data (centralized training)."""
+    offsets = np.cumsum([0] + [c.num_train for c in clients])
+
+    def fetch(idx: np.ndarray) -> Any:
+        # A batch may span clients: fetch each client's rows, then merge dict batches by padding-aware concat.
+        owner = np.searchsorted(offsets, idx, side="right") - 1
+        parts = [clients[k].fetch(idx[owner == k] - offsets[k]) for k in np.unique(owner)]
+        return parts[0] if len(parts) == 1 else _concat_batches(parts)
+
+    return ClientData(cid, int(offsets[-1]), fetch)
+
+
+def _concat_batches(parts: list[Any]) -> Any:
+    """Concatenate batches (dicts of tensors padded to different widths, or tuples of tensors)."""
+    if isinstance(parts[0], dict):
+        out = {}
+        for key in parts[0]:
+            tensors = [p[key] for p in parts]
+            if tensors[0].dim() == 2:
+                width = max(t.shape[1] for t in tensors)
+                fill = -100 if key == "labels" else 0
+                tensors = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors]
+            out[key] = torch.cat(tensors)
+        return out
+    return type(parts[0])(torch.cat(ts) for ts in zip(*parts, strict=True))
+
+
 class BatchStream:
     """Endless shuffled mini-batches of a client's training set (a fresh permutation per epoch)."""
 
@@ -180,7 +208,7 @@ class Simulation:
         rng = np.random.default_rng(derive_seed(self.config.seed, 3, rnd))
         return sorted(rng.choice(m, size=k, replace=False).tolist())
 
-    def run_round(self, history: History) -> list[Payload]:
+    def run_round(self, history: History, on_client: Callable[[dict[str, Any]], None] | None = None) -> list[Payload]:
         """One round: broadcast, local updates, aggregation; appends train rows to ``history``."""
         self.round += 1
         rnd, cfg = self.round, self.config
@@ -213,6 +241,8 @@ class Simulation:
                     "client_seconds": time.perf_counter() - tc,
                 }
             )
+            if on_client is not None:
+                on_client(history.train[-1])
         if cfg.aggregation == "uniform":
             weights = [1.0 / len(payloads)] * len(payloads)
         else:
@@ -252,14 +282,18 @@ class Simulation:
                 {"round": self.round, "step": self.round * self.config.local_steps, "client": client.cid, **metrics}
             )
 
-    def run(self, on_round: Callable[[int, History], None] | None = None) -> History:
+    def run(
+        self,
+        on_round: Callable[[int, History], None] | None = None,
+        on_client: Callable[[dict[str, Any]], None] | None = None,
+    ) -> History:
         """All rounds, evaluating at round 0, every ``eval_every`` rounds and after the last."""
         history = History()
         every = self.config.eval_every
         if every:
             self.evaluate(history)
         for rnd in range(1, self.config.rounds + 1):
-            self.run_round(history)
+            self.run_round(history, on_client)
             if (every and rnd % every == 0) or rnd == self.config.rounds:
                 self.evaluate(history)
             if on_round is not None:

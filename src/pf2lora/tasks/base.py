@@ -1,0 +1,42 @@
+"""What every task provides to an experiment: per-client data, a loss, an evaluator and partition keys."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from pf2lora.adapters import AdaptedModel, Params
+from pf2lora.models import ModelKind
+from pf2lora.runtime.simulation import ClientData
+
+
+class Task(ABC):
+    """A supervised task over one dataset's examples, with its tokenizer and settings."""
+
+    kind: ModelKind
+    #: Metric reported in tables (maximised).
+    primary_metric: str
+
+    def __init__(self, tokenizer: Any, settings: Any) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    @staticmethod
+    def loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """HF models return their task loss when the batch holds labels/positions."""
+        return net(**batch).loss
+
+    @abstractmethod
+    def partition_keys(self, examples: Sequence[Any]) -> list[Any]:
+        """Per-example labels (or natural groups) that partitioners split on."""
+
+    @abstractmethod
+    def client(self, cid: str, train: Sequence[Any], test: Sequence[Any]) -> ClientData:
+        """A client holding ``train`` (as batches) and ``test`` (for evaluation)."""
+
+    @abstractmethod
+    def evaluate(self, model: AdaptedModel, params: Params, client: ClientData) -> dict[str, float]:
+        """Metrics of the personalized model ``params`` on the client's test examples."""

@@ -1,0 +1,62 @@
+"""Sentence(-pair) classification (GLUE): cross-entropy training, accuracy and Matthews correlation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pf2lora.adapters import AdaptedModel, Params
+from pf2lora.data import TextExample
+from pf2lora.metrics import accuracy, matthews_corrcoef
+from pf2lora.runtime.simulation import ClientData
+from pf2lora.tasks.base import Task
+
+
+class Classification(Task):
+    """GLUE-style classification; ``settings.metric`` picks the primary metric (``accuracy`` or ``mcc``)."""
+
+    kind = "classification"
+
+    def __init__(self, tokenizer: Any, settings: Any) -> None:
+        super().__init__(tokenizer, settings)
+        self.primary_metric = settings.metric
+
+    def partition_keys(self, examples: Sequence[TextExample]) -> list[int]:
+        return [e.label for e in examples]
+
+    def encode(self, examples: Sequence[TextExample]) -> list[dict[str, Any]]:
+        """Token ids per example (padding happens per batch)."""
+        a = [e.text_a for e in examples]
+        b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+        enc = self.tokenizer(a, b, truncation=True, max_length=self.settings.max_length)
+        return [{k: enc[k][i] for k in enc} | {"labels": e.label} for i, e in enumerate(examples)]
+
+    def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Dynamic padding to the longest row of the batch."""
+        return dict(self.tokenizer.pad(list(rows), return_tensors="pt"))
+
+    def client(self, cid: str, train: Sequence[TextExample], test: Sequence[TextExample]) -> ClientData:
+        rows = self.encode(train)
+        return ClientData(
+            cid, len(rows), lambda idx: self.collate([rows[i] for i in idx]), test=(self.encode(test), test)
+        )
+
+    def evaluate(self, model: AdaptedModel, params: Params, client: ClientData) -> dict[str, float]:
+        rows, _ = client.test
+        preds, losses = [], []
+        bs = self.settings.eval_batch_size
+        for start in range(0, len(rows), bs):
+            batch = self.collate(rows[start : start + bs])
+            out = model.call(params, **batch)
+            preds.append(out.logits.argmax(-1).numpy())
+            losses.append(float(out.loss) * len(batch["labels"]))
+        labels = np.array([r["labels"] for r in rows])
+        pred = np.concatenate(preds) if preds else np.array([], dtype=int)
+        return {
+            "accuracy": 100.0 * accuracy(pred, labels),
+            "mcc": 100.0 * matthews_corrcoef(pred, labels),
+            "eval_loss": sum(losses) / max(1, len(rows)),
+        }
