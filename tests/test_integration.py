@@ -1,0 +1,99 @@
+"""End to end with the packaged models (MiniLM, SmolLM2-135M) on tiny slices of the real datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pf2lora.cli import app
+from pf2lora.config import ConfigError, load_config
+from pf2lora.experiment import prepare, run_algorithm
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
+
+TINY = [
+    "data.max_examples=64",
+    "partition.num_clients=2",
+    "federation.rounds=1",
+    "federation.local_steps=2",
+    "federation.batch_size=4",
+    "federation.eval_every=1",
+]
+
+
+def test_compare_all_algorithms_on_sst2(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", str(ROOT / "configs/mini/sst2.yaml"), "--out", str(out)]
+    args += ["--algorithms", "pf2lora,pf2lora_nobo,homlora,hetlora,perfedavg,centralized"]
+    for item in TINY:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = (out / "table.md").read_text()
+    for method in ("PF2LoRA", "PF2LoRA w/o BO", "HOMLoRA", "HETLoRA", "Per-FedAvg-LoRA", "Centralized LoRA"):
+        assert f"| {method} |" in table
+    summary = json.loads((out / "pf2lora" / "summary.json").read_text())
+    assert set(summary["final"]["clients"]) == {"0", "1"}
+    assert 0.0 <= summary["final"]["mean"]["accuracy"] <= 100.0
+    assert summary["private_parameters_per_client"] > 0 and summary["communicated_parameters_per_round"] > 0
+    homlora = json.loads((out / "homlora" / "summary.json").read_text())
+    assert homlora["private_parameters_per_client"] == 0
+    rows = [json.loads(line) for line in (out / "pf2lora" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"train", "eval"}
+    partition = json.loads((out / "pf2lora" / "partition.json").read_text())
+    seen = [i for c in partition["clients"].values() for i in c["train"] + c["test"]]
+    assert sorted(seen) == list(range(64))
+    for name in ("config.resolved.yaml", "curves.png"):
+        assert (out / "pf2lora" / name).exists()
+    assert (out / "compare.png").exists()
+
+
+def test_same_config_same_numbers(tmp_path):
+    cfg = load_config(ROOT / "configs/mini/sst2.yaml", TINY)
+    prepared = prepare(cfg)
+    a = run_algorithm(prepared, "pf2lora", tmp_path / "a")
+    b = run_algorithm(prepare(cfg), "pf2lora", tmp_path / "b")
+    assert a["final"] == b["final"]
+
+
+def test_squad_v1_minilm(tmp_path):
+    cfg = load_config(ROOT / "configs/mini/squad.yaml", [*TINY, "data.max_examples=24", "task.max_length=128"])
+    summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)
+    assert {"exact_match", "f1"} <= set(summary["final"]["mean"])
+
+
+def test_e2e_smollm2(tmp_path):
+    overrides = [
+        *TINY,
+        "data.max_examples=16",
+        "federation.local_steps=1",
+        "task.eval_examples_per_client=2",
+        "task.max_new_tokens=6",
+        "task.num_beams=2",
+    ]
+    cfg = load_config(ROOT / "configs/mini/e2e.yaml", overrides)
+    summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)
+    assert {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr", "TER"} <= set(summary["final"]["mean"])
+
+
+def test_missing_data_file_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(
+        app, ["run", str(ROOT / "configs/mini/sst2.yaml"), "--out", str(tmp_path), "--set", f"data.data_dir={tmp_path}"]
+    )
+    assert result.exit_code == 2
+    assert "train.tsv" in result.output and str(tmp_path) in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_config_typo_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("federation:\n  round: 3\n")
+    with pytest.raises(ConfigError, match=r"federation\.round: unknown key"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"algorithms\.pf2lora\.lr_privat"):
+        load_config(ROOT / "configs/mini/sst2.yaml", ["algorithms.pf2lora.lr_privat=0.1"])
