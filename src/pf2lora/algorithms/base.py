@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import Tensor
 
 from pf2lora.adapters import AdaptedModel, Params
@@ -42,6 +42,14 @@ class AlgorithmConfig(BaseModel):
     """Base of every algorithm's hyperparameters: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizedConfig(AlgorithmConfig):
+    """Hyperparameters of the optimizer that trains the communicated (common) adapter."""
+
+    lr: PositiveFloat = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
 
 
 class Algorithm(ABC):
@@ -104,6 +112,14 @@ def weighted_mean(uploads: Sequence[Params], weights: Sequence[float]) -> Params
             acc.add_(up[name], alpha=float(w))
         out[name] = acc
     return out
+
+
+def finish_local_update(
+    x: Mapping[str, Tensor], state: ClientState, opt: torch.optim.Optimizer, losses: Sequence[float]
+) -> tuple[Params, dict[str, float]]:
+    """Keep the optimizer state on the client; return (the detached upload, the mean training loss)."""
+    state.optimizer = opt.state_dict()
+    return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
 
 
 def leaves(params: Mapping[str, Tensor]) -> Params:

@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from pf2lora.adapters import AdaptedModel, Params, truncate_rank, zero_pad_rank
 from pf2lora.algorithms.base import (
     Algorithm,
-    AlgorithmConfig,
     BatchSource,
     ClientState,
+    OptimizedConfig,
     apply_step,
     grad_dict,
     leaves,
@@ -50,12 +49,9 @@ from pf2lora.algorithms.base import (
 )
 
 
-class HETLoRAConfig(AlgorithmConfig):
+class HETLoRAConfig(OptimizedConfig):
     """Hyperparameters of HETLoRA."""
 
-    lr: PositiveFloat = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0.0)
     r_min: PositiveInt = 1
     r_max: PositiveInt = 8
     ranks: list[PositiveInt] | None = None

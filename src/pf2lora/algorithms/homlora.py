@@ -6,29 +6,22 @@ server averages. There is no client adapter; every client is evaluated with the 
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, PositiveFloat
-
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import (
     Algorithm,
-    AlgorithmConfig,
     BatchSource,
     ClientState,
+    OptimizedConfig,
     apply_step,
+    finish_local_update,
     grad_dict,
     leaves,
     make_optimizer,
 )
 
 
-class HOMLoRAConfig(AlgorithmConfig):
+class HOMLoRAConfig(OptimizedConfig):
     """Hyperparameters of HOMLoRA."""
-
-    lr: PositiveFloat = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0.0)
 
 
 class HOMLoRA(Algorithm):
@@ -49,5 +42,4 @@ class HOMLoRA(Algorithm):
             loss = model.loss(x, data.next())
             apply_step(opt, x, grad_dict(loss, x))
             losses.append(float(loss.detach()))
-        state.optimizer = opt.state_dict()
-        return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
+        return finish_local_update(x, state, opt, losses)

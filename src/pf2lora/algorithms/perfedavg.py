@@ -14,30 +14,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveFloat
+from pydantic import PositiveFloat
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import (
     Algorithm,
-    AlgorithmConfig,
     BatchSource,
     ClientState,
+    OptimizedConfig,
     apply_step,
+    finish_local_update,
     grad_dict,
     leaves,
     make_optimizer,
 )
 
 
-class PerFedAvgConfig(AlgorithmConfig):
+class PerFedAvgConfig(OptimizedConfig):
     """Hyperparameters of Per-FedAvg-LoRA."""
 
-    lr: PositiveFloat = 1e-3
-    """η: outer learning rate of the common adapter."""
     lr_inner: PositiveFloat = 1e-2
     """α: the one-step adaptation learning rate (training and personalisation)."""
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0.0)
     variant: Literal["first_order", "hessian"] = "first_order"
 
 
@@ -67,8 +64,7 @@ class PerFedAvg(Algorithm):
                 g_outer = {k: g_outer[k] - c.lr_inner * hvp[k] for k in x}
             apply_step(opt, x, g_outer)
             losses.append(float(loss.detach()))
-        state.optimizer = opt.state_dict()
-        return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
+        return finish_local_update(x, state, opt, losses)
 
     def personalize(
         self, model: AdaptedModel, global_state: Params, state: ClientState | None, data: BatchSource | None

@@ -32,12 +32,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import (
     Algorithm,
-    AlgorithmConfig,
     BatchSource,
     ClientState,
+    OptimizedConfig,
     RNGState,
     apply_step,
     axpy,
+    finish_local_update,
     grad_dict,
     leaves,
     make_optimizer,
@@ -47,15 +48,11 @@ from pf2lora.algorithms.base import (
 )
 
 
-class PF2LoRAConfig(AlgorithmConfig):
+class PF2LoRAConfig(OptimizedConfig):
     """Hyperparameters of PF2LoRA."""
 
-    lr: PositiveFloat = 1e-3
-    """η: learning rate of the common adapter (upper level)."""
     lr_private: float = Field(1e-2, ge=0.0)
     """α: SGD learning rate of the client adapter (lower level); also scales the hypergradient term."""
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0.0)
     hypergradient: Literal["exact", "fd"] = "fd"
     batches: Literal["independent", "shared"] = "independent"
     fd_c: PositiveFloat = 1e-3
@@ -87,8 +84,7 @@ class PF2LoRA(Algorithm):
                 y = leaves(y_next)  # line 5
                 losses.append(loss)
         state.private = {k: v.detach() for k, v in y.items()}
-        state.optimizer = opt.state_dict()
-        return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
+        return finish_local_update(x, state, opt, losses)
 
     def hypergradient(
         self, model: AdaptedModel, x: Params, y: Params, data: BatchSource

@@ -12,6 +12,7 @@ from pf2lora.algorithms.base import (
     BatchSource,
     ClientState,
     apply_step,
+    finish_local_update,
     grad_dict,
     leaves,
     make_optimizer,
@@ -43,5 +44,4 @@ class PF2LoRANoBO(PF2LoRA):
             apply_step(opt, x, {k: g[k] for k in x})
             losses.append(float(loss.detach()))
         state.private = {k: v.detach() for k, v in y.items()}
-        state.optimizer = opt.state_dict()
-        return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
+        return finish_local_update(x, state, opt, losses)
