@@ -248,3 +248,35 @@ def test_flwr_datasets_adapters() -> None:
             assert sorted(label for p in parts for label in set(p["label"])) == [0, 1, 2]
     with pytest.raises(IndexError):
         grouped.load_partition(3)
+
+
+def test_hub_records_match_the_file_loaders(monkeypatch):
+    """``data_dir: hf://`` maps the hub's GLUE and SQuAD schemas onto the same records (hub call faked)."""
+    import datasets
+
+    from pf2lora.data import QAExample, TextExample, load_dataset
+
+    calls = []
+
+    def fake(path, config=None, split=None):
+        calls.append((path, config, split))
+        if path == "nyu-mll/glue":
+            return datasets.Dataset.from_dict({"premise": ["p"], "hypothesis": ["h"], "label": [2], "idx": [0]})
+        return datasets.Dataset.from_dict(
+            {
+                "id": ["q1", "q2"],
+                "title": ["T", "T"],
+                "context": ["abc def", "abc def"],
+                "question": ["?", "??"],
+                "answers": [{"text": ["def"], "answer_start": [4]}, {"text": [], "answer_start": []}],
+            }
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert load_dataset("mnli", "dev", "hf://") == [TextExample("p", "h", 2)]
+    assert calls[-1] == ("nyu-mll/glue", "mnli", "validation_matched")
+    qa = load_dataset("squad_v2", "train", "hf://")
+    assert qa[0] == QAExample("q1", "T", "abc def", "?", ["def"], [4], False)
+    assert qa[1].is_impossible and calls[-1] == ("rajpurkar/squad_v2", None, "train")
+    with pytest.raises(ValueError, match="not supported"):
+        load_dataset("e2e", "train", "hf://")

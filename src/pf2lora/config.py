@@ -39,6 +39,7 @@ class DataSettings(_Strict):
         "sst2"
     )
     data_dir: str = "../shared/data"
+    """Folder with the official files (relative to the config file), or ``hf://`` for the HF hub."""
     split: str = "train"
     max_examples: PositiveInt | None = None
     """Random subsample of the pool (before partitioning), for CPU-sized runs."""
@@ -169,7 +170,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), raw)
     data_dir = tree.get("data", {}).get("data_dir") if isinstance(tree.get("data"), dict) else None
-    if data_dir and not os.path.isabs(os.path.expanduser(data_dir)):
+    if data_dir and "://" not in data_dir and not os.path.isabs(os.path.expanduser(data_dir)):
         tree["data"]["data_dir"] = str((path.parent / data_dir).resolve())
     try:
         return ExperimentConfig(**tree)

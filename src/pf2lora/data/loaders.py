@@ -123,9 +123,16 @@ DATASET_LAYOUT: dict[str, DatasetLayout] = {
 
 
 def load_dataset(name: str, split: str, data_dir: str | Path) -> list[Example]:
-    """Load split ``split`` of dataset ``name`` from its official files under ``data_dir`` (see module doc)."""
+    """Load split ``split`` of dataset ``name`` from its official files under ``data_dir`` (see module doc).
+
+    ``data_dir = "hf://"`` reads GLUE and SQuAD from the Hugging Face hub instead (``pf2lora.data.hub``).
+    """
     if name not in DATASET_LAYOUT:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_LAYOUT)}")
+    if str(data_dir).startswith("hf://"):
+        from pf2lora.data.hub import load_from_hub
+
+        return load_from_hub(name, split)
     layout = DATASET_LAYOUT[name]
     if split not in layout.splits:
         raise ValueError(f"{name}: unknown split {split!r}; known: {', '.join(layout.splits)}")
