@@ -26,7 +26,8 @@ import torch
 from pf2lora.adapters import AdaptedModel, add_two_level_lora
 from pf2lora.algorithms import make_algorithm
 from pf2lora.algorithms.base import ClientState
-from pf2lora.runtime.simulation import ClientData, FederationConfig, Simulation
+from pf2lora.federation import ClientData, FederationConfig
+from pf2lora.runtime.simulation import Simulation
 
 
 def bert(args: argparse.Namespace, r_private: int) -> AdaptedModel:

@@ -15,7 +15,7 @@ from pf2lora.algorithms.hetlora import tail_score
 
 
 def test_registry_names_match_classes():
-    assert set(ALGORITHMS) == {"pf2lora", "pf2lora_nobo", "homlora", "centralized", "perfedavg", "hetlora"}
+    assert set(ALGORITHMS) == {"pf2lora", "pf2lora_nobo", "homlora", "centralized", "perfedavg", "hetlora", "fedsa"}
     for name, cls in ALGORITHMS.items():
         assert cls.name == name
 

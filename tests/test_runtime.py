@@ -9,7 +9,8 @@ from conftest import bert_batch, tiny_bert
 
 from pf2lora.algorithms import make_algorithm
 from pf2lora.algorithms.base import Algorithm
-from pf2lora.runtime.simulation import ClientData, FederationConfig, Payload, PrivacyError, Simulation
+from pf2lora.federation import ClientData, FederationConfig, Payload, PrivacyError
+from pf2lora.runtime.simulation import Simulation
 
 
 def bert_clients(n: int, size: int = 24, seed: int = 0) -> list[ClientData]:
@@ -123,7 +124,7 @@ def test_client_sampling_and_size_weights():
         {k: v.clone() for k, v in sim.global_state.items()},
         {"train_loss": 0.0},
     )
-    sim.run_round(history)
+    sim.run_round()
     assert seen["weights"] == [24 / 49, 25 / 49]
     assert payloads[0].num_bytes == 4
 
@@ -160,12 +161,12 @@ def test_warm_start_refuses_mixed_groups():
     with pytest.raises(RuntimeError, match="before the first round"):
         sim.warm_start(global_state={})
     fresh = Simulation(sim.model, make_algorithm("pf2lora"), bert_clients(2), FederationConfig())
-    with pytest.raises(KeyError, match="non-common"):
+    with pytest.raises(KeyError, match="non-communicated"):
         fresh.warm_start(global_state={sim.model.private_names[0]: torch.zeros(1)})
 
 
 def test_stream_reshuffles_each_epoch():
-    from pf2lora.runtime.simulation import BatchStream
+    from pf2lora.federation import BatchStream
 
     data = ClientData("x", 10, lambda idx: np.asarray(idx))
     s = BatchStream(data, 4, seed=0)

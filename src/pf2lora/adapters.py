@@ -138,10 +138,13 @@ def add_two_level_lora(
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped: list[str] = []
+    matched: set[str] = set()
     for name, module in list(model.named_modules()):
         leaf = name.rsplit(".", 1)[-1]
-        if not name or not any(leaf == t or name.endswith("." + t) or name == t for t in target_modules):
+        hits = {t for t in target_modules if leaf == t or name.endswith("." + t) or name == t}
+        if not name or not hits:
             continue
+        matched |= hits
         if isinstance(module, TwoLevelLoRALinear):
             continue
         if not (isinstance(module, nn.Linear) or _is_conv1d(module)):
@@ -152,8 +155,13 @@ def add_two_level_lora(
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         setattr(parent, leaf, layer)
         wrapped.append(name)
-    if not wrapped:
-        raise ValueError(f"target_modules {list(target_modules)} matched no module of the model")
+    unmatched = [t for t in target_modules if t not in matched]
+    if unmatched or not wrapped:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(
+            f"{(unmatched or list(target_modules))[0]!r} matches no module of the model "
+            f"(its Linear layers are named {', '.join(leaves[:12])}{', ...' if len(leaves) > 12 else ''})"
+        )
     return wrapped
 
 

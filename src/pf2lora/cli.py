@@ -1,19 +1,32 @@
-"""The ``pf2lora`` command line."""
+"""The ``pf2lora`` command line.
+
+Input errors end in one ``error:`` line (exit 2), a diverged run in one line (exit 1) with its last
+checkpoint kept, Ctrl-C in one line (exit 130); ``--debug`` shows the traceback instead. Threads follow
+the CPUs this process may use, and OpenMP waits passively, so a run on a shared machine is not slowed by
+spinning threads; when stdout is not a terminal (a log file) progress is one line per round.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
+
+# Before torch loads: spinning OpenMP workers slow a shared machine 2-3× (README, "Runs under load").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 console = Console(width=100)
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 
 
 @app.callback()
@@ -21,9 +34,58 @@ def _root() -> None:
     """pf2lora: personalized federated fine-tuning with two-level LoRA."""
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota if one is set."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, n)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(available_cpus())
+
+
+@contextlib.contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """Turn any error into one line (``--debug``: the traceback)."""
+    if debug:
+        yield
+        return
+    from pf2lora.errors import DivergenceError, InputError
+    from pf2lora.federation import PrivacyError
+
+    try:
+        yield
+    except InputError as e:
+        _fail(_one_line(e))
+    except (DivergenceError, PrivacyError) as e:
+        _fail(f"{_one_line(e)} (the last checkpoint is kept)", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; the last checkpoint is kept: rerun with --resume to continue", 130)
+    except MemoryError:
+        _fail("out of memory; lower federation.batch_size or task.max_length, then rerun with --resume", 1)
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _fail(f"{e.strerror or e}{where}", 1)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as e:  # a pf2lora bug: still one line, the traceback is one flag away
+        _fail(f"internal error ({type(e).__name__}: {_one_line(e)}); rerun with --debug for the traceback", 1)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 def _parse_ranks(text: str) -> tuple[int, int]:
@@ -48,12 +110,31 @@ def synthetic(
     steps: Annotated[int, typer.Option(help="Local steps in all (communication every 10).")] = 2000,
     lr: Annotated[float, typer.Option(help="PF2LoRA common-adapter learning rate η.")] = 1e-2,
     lr_private: Annotated[float, typer.Option(help="PF2LoRA client-adapter learning rate α.")] = 1e-2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier study in --out.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """The synthetic rank-learning study: PF2LoRA vs HETLoRA on two clients (paper Section 5)."""
+    with _errors(debug):
+        _synthetic(out, seed, ground_truth, ranks, shared_rank, steps, lr, lr_private, overwrite)
+
+
+def _synthetic(
+    out: Path,
+    seed: int,
+    ground_truth: str,
+    ranks: str,
+    shared_rank: int,
+    steps: int,
+    lr: float,
+    lr_private: float,
+    overwrite: bool,
+) -> None:
     import torch
+    import yaml
 
     from pf2lora import synthetic as syn
     from pf2lora.io import write_jsonl
+    from pf2lora.rundir import open_run_dir
 
     gt: Literal["shared", "independent"]
     if ground_truth not in ("shared", "independent"):
@@ -70,7 +151,8 @@ def synthetic(
         )
     except ValidationError as e:
         err = e.errors()[0]
-        _fail(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}")
+        _fail(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {str(err['msg']).removeprefix('Value error, ')}")
+    open_run_dir(out, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), resume=False, overwrite=overwrite)
     torch.set_num_threads(1)  # 10×10 problems: threads only add overhead and reduction-order noise
     t0 = time.perf_counter()
     rows, summary = syn.run_study(cfg)
@@ -106,66 +188,120 @@ def synthetic(
 
 
 def _config(path: Path, overrides: list[str] | None) -> Any:
-    from transformers.utils import logging as hf_logging
+    from pf2lora.config import load_config
 
-    from pf2lora.config import ConfigError, load_config
+    return load_config(path, overrides)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # load reports about the freshly initialised task head are expected
     hf_logging.disable_progress_bar()
 
-    try:
-        return load_config(path, overrides)
-    except ConfigError as e:
-        _fail(str(e))
+
+def _round_line(name: str, rnd: int, rounds: int, history: Any, metric: str, seconds: float) -> str:
+    """One log line per round (for log files, where a progress bar shows nothing)."""
+    losses = [r["train_loss"] for r in history.train if r["round"] == rnd and "train_loss" in r]
+    evals = [r[metric] for r in history.eval if r["round"] == rnd and metric in r]
+    parts = [f"{name} round {rnd}/{rounds}"]
+    if losses:
+        parts.append(f"train_loss {sum(losses) / len(losses):.4f}")
+    if evals:
+        parts.append(f"{metric} {sum(evals) / len(evals):.2f}")
+    parts.append(f"{seconds:.1f}s")
+    return ", ".join(parts)
 
 
-def _run_with_progress(prepared: Any, names: list[str], out: Path) -> list[dict[str, Any]]:
+def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[dict[str, Any]]:
+    """Run (or resume, or skip when finished) each algorithm, with a progress bar or per-round log lines."""
+    import json
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pf2lora.algorithms import ALGORITHMS
     from pf2lora.experiment import run_algorithm
 
     cfg = prepared.cfg
+    rounds = cfg.federation.rounds
     summaries = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    live = console.is_terminal
+    with Progress(*columns, console=console, transient=False, disable=not live) as progress:
         for name in names:
+            run_dir = out / name if len(names) > 1 else out
+            if resume and (run_dir / "summary.json").is_file():
+                console.print(f"{name}: finished earlier, skipped (--resume)")
+                summaries.append(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+                continue
             per_round = (
                 1
                 if ALGORITHMS[name].pools_client_data
                 else max(1, math.ceil(cfg.federation.client_fraction * len(prepared.clients)))
             )
-            bar = progress.add_task(name, total=cfg.federation.rounds * per_round)
+            bar = progress.add_task(name, total=rounds * per_round)
+            started = [time.perf_counter()]
 
             def tick(row: dict[str, Any], bar: Any = bar, name: str = name) -> None:
                 progress.update(
                     bar,
                     advance=1,
-                    description=f"{name:12s} round {row['round']}/{cfg.federation.rounds} "
+                    description=f"{name:12s} round {row['round']}/{rounds} "
                     f"client {row['client']} loss {row.get('train_loss', float('nan')):.4f}",
                 )
 
-            summaries.append(run_algorithm(prepared, name, out / name if len(names) > 1 else out, tick))
+            def log_round(
+                rnd: int, history: Any, name: str = name, bar: Any = bar, started: Any = started, n: int = per_round
+            ) -> None:
+                progress.update(bar, completed=rnd * n)
+                if not live:
+                    seconds = time.perf_counter() - started[0]
+                    print(_round_line(name, rnd, rounds, history, prepared.task.primary_metric, seconds), flush=True)
+                started[0] = time.perf_counter()
+
+            summaries.append(run_algorithm(prepared, name, run_dir, tick, log_round))
     return summaries
+
+
+def _start(config: Path, overrides: list[str], out: Path, resume: bool, overwrite: bool) -> tuple[Any, Any]:
+    """Validate the config and the output directory (before anything loads), then prepare the data."""
+    from pf2lora.config import dump_config
+    from pf2lora.experiment import prepare
+    from pf2lora.rundir import open_run_dir
+
+    cfg = _config(config, overrides)
+    open_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
+    _threads()
+    _quiet_transformers()
+    return cfg, prepare(cfg)
+
+
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace the earlier run in --out.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")]
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")] = None,
+    set_: SetOption = None,
     algorithm: Annotated[str | None, typer.Option(help="Algorithm (default: the config's).")] = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Run one algorithm of an experiment config."""
-    from pf2lora.experiment import prepare
-
-    cfg = _config(config, (set_ or []) + ([f"algorithm={algorithm}"] if algorithm else []))
-    summary = _run_with_progress(_prepare_or_fail(prepare, cfg), [cfg.algorithm], out)[0]
-    mean = summary["final"]["mean"]
-    console.print(
-        f"{cfg.algorithm}: mean client {summary['metric']} {mean.get(summary['metric'], float('nan')):.2f} "
-        f"in {summary['wall_seconds']:.0f}s; wrote {out}"
-    )
+    with _errors(debug):
+        overrides = (set_ or []) + ([f"algorithm={algorithm}"] if algorithm else [])
+        cfg, prepared = _start(config, overrides, out, resume, overwrite)
+        summary = _run_all(prepared, [cfg.algorithm], out, resume)[0]
+        mean = summary["final"]["mean"]
+        value = mean.get(summary["metric"])
+        console.print(
+            f"{cfg.algorithm}: mean client {summary['metric']} "
+            f"{value if value is None else format(value, '.2f')} in {summary['wall_seconds']:.0f}s; wrote {out}"
+        )
 
 
 @app.command()
@@ -175,30 +311,50 @@ def compare(
     algorithms: Annotated[
         str | None, typer.Option(help="Comma-separated (default: the config's compare list).")
     ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")] = None,
+    set_: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue: skip finished algorithms, resume the interrupted one.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Run several algorithms on identical client partitions; write table.md and compare.png."""
-    from pf2lora.experiment import comparison_table, plot_comparison, prepare
-    from pf2lora.io import write_text
+    with _errors(debug):
+        from pf2lora.experiment import comparison_table, plot_comparison
+        from pf2lora.io import write_text
 
-    overrides = list(set_ or [])
-    if algorithms:
-        overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
-    cfg = _config(config, overrides)
-    names = list(dict.fromkeys(cfg.compare))
-    summaries = _run_with_progress(_prepare_or_fail(prepare, cfg), names, out)
-    table = comparison_table(cfg, summaries)
-    write_text(out / "table.md", table)
-    plot_comparison(out, names, summaries[0]["metric"])
-    console.print(table)
-    console.print(f"wrote {out / 'table.md'} and {out / 'compare.png'}")
+        overrides = list(set_ or [])
+        if algorithms is not None:
+            overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
+        cfg, prepared = _start(config, overrides, out, resume, overwrite)
+        names = list(dict.fromkeys(cfg.compare))
+        summaries = _run_all(prepared, names, out, resume)
+        table = comparison_table(cfg, summaries)
+        write_text(out / "table.md", table)
+        plot_comparison(out, names, summaries[0]["metric"])
+        console.print(table)
+        console.print(f"wrote {out / 'table.md'} and {out / 'compare.png'}")
 
 
-def _prepare_or_fail(prepare: Any, cfg: Any) -> Any:
-    try:
-        return prepare(cfg)
-    except FileNotFoundError as e:
-        _fail(str(e).splitlines()[0])
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run's output directory (of `run`, or one algorithm's of `compare`).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory: one PEFT adapter folder per client.")],
+    client: Annotated[list[str] | None, typer.Option(help="Client id to export (repeatable; default: all).")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Write each client's personalized model as a standard PEFT LoRA adapter (`PeftModel.from_pretrained`)."""
+    with _errors(debug):
+        from pf2lora.experiment import export_run
+
+        if not (run_dir / "config.resolved.yaml").is_file():
+            _fail(f"{run_dir}: not a pf2lora run directory (no config.resolved.yaml)")
+        _threads()
+        _quiet_transformers()
+        paths = export_run(run_dir, out, client)
+        console.print(f"wrote {len(paths)} PEFT adapter(s) under {out}")
 
 
 def main() -> None:

@@ -1,35 +1,48 @@
 """Experiment configuration: YAML validated by pydantic, with ``--set key=value`` overrides.
 
-Unknown keys and bad values are one-line errors naming the field (``ConfigError``). Paths in a config
+Every input problem is a one-line ``ConfigError`` naming the field (or the file and line): unknown or
+duplicate keys, non-string keys, values of the wrong type (no coercion: ``true`` or ``"3"`` is not a
+number, ``5`` is not a string), NaN and ±inf anywhere, sizes no run could mean. Paths in a config
 (``data.data_dir``) are relative to the config file, so configs run from any working directory.
 """
 
 from __future__ import annotations
 
-import os
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pf2lora.algorithms import ALGORITHMS
-from pf2lora.runtime.simulation import FederationConfig
+from pf2lora.errors import ConfigError
+from pf2lora.federation import FederationConfig
 
+__all__ = ["ConfigError", "ExperimentConfig", "dump_config", "find_non_finite", "load_config"]
 
-class ConfigError(ValueError):
-    """A config problem, stated in one line that names the field or file."""
+#: Datasets whose task cuts contexts into ``task.max_length`` windows overlapping by ``task.doc_stride``.
+_QA_DATASETS = ("squad_v1", "squad_v2")
+#: Upper bound of every length in tokens (2**20: beyond any model's context), so absurd values fail here.
+_MAX_TOKENS = 2**20
+#: Upper bound of adapter ranks (the hidden size of the largest models the paper uses is 1600).
+_MAX_RANK = 4096
+
+_NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors; values are never coerced (an int still counts as a float); NaN/inf are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Strict):
     """Which pretrained model; ``name`` is ``minilm``, ``smollm2-135m``, a HF model id or a local path."""
 
-    name: str = "minilm"
-    attn_implementation: str | None = None
+    name: _NonEmptyStr = "minilm"
+    attn_implementation: _NonEmptyStr | None = None
 
 
 class DataSettings(_Strict):
@@ -38,18 +51,22 @@ class DataSettings(_Strict):
     dataset: Literal["cola", "sst2", "qnli", "mnli", "mnli_subset", "qqp", "squad_v1", "squad_v2", "e2e", "webnlg"] = (
         "sst2"
     )
-    data_dir: str = "../shared/data"
-    """Folder with the official files (relative to the config file), or ``hf://`` for the HF hub."""
-    split: str = "train"
-    max_examples: PositiveInt | None = None
-    """Random subsample of the pool (before partitioning), for CPU-sized runs."""
+    data_dir: _NonEmptyStr = "../shared/data"
+    """Folder with the official files, or ``hf://`` for the HF hub. ``load_config`` expands ``~`` and resolves a
+    relative path, this default included, against the folder of the config file (not the working directory)."""
+    split: _NonEmptyStr = "train"
+    """Kept as free text: the data loader names the splits a dataset has."""
+    max_examples: int | None = Field(None, ge=1, le=100_000_000)
+    """Random subsample of the pool (before partitioning), for CPU-sized runs; at most 10**8 (far above any pool)
+    and at least two per client (a train and a test example each)."""
 
 
 class PartitionSettings(_Strict):
     """How the pool becomes clients, and each client's local train/test split."""
 
     method: Literal["label_sorted", "dirichlet", "group", "iid"] = "label_sorted"
-    num_clients: PositiveInt = 8
+    num_clients: int = Field(8, ge=1, le=100_000)
+    """1 to 100000 clients (each needs a train and a test example, see ``data.max_examples``)."""
     iid_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """label_sorted: share of each client's data drawn iid; the rest comes label-sorted (paper s=0.9 → 0.1)."""
     dirichlet_alpha: float = Field(0.5, gt=0.0)
@@ -59,29 +76,35 @@ class PartitionSettings(_Strict):
 class LoraSettings(_Strict):
     """Two-level LoRA shape; per-algorithm overrides go under ``algorithms.<name>.lora``."""
 
-    r: PositiveInt = 8
-    r_private: int = Field(2, ge=0)
-    alpha: float | None = 16.0
-    alpha_private: float | None = None
+    r: int = Field(8, ge=1, le=_MAX_RANK)
+    """Rank of the common adapter, 1 to 4096."""
+    r_private: int = Field(2, ge=0, le=_MAX_RANK)
+    """Rank of the private adapter, 0 (none) to 4096."""
+    alpha: float | None = Field(16.0, gt=0.0)
+    """Scaling numerator of the common adapter (scaling alpha/r; unset: 1); 0 would switch the adapter off."""
+    alpha_private: float | None = Field(None, gt=0.0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = None
+    target_modules: list[_NonEmptyStr] | None = Field(None, min_length=1)
+    """Names of the Linear modules to adapt (unset: the model's defaults); non-empty when given."""
     head_group: Literal["common", "private"] = "common"
 
 
 class TaskSettings(_Strict):
     """Tokenization and evaluation settings (those a task does not use are ignored)."""
 
-    max_length: PositiveInt = 128
-    eval_batch_size: PositiveInt = 64
+    max_length: int = Field(128, ge=8, le=_MAX_TOKENS)
+    """Tokens per example (QA: per window), 8 to 2**20."""
+    eval_batch_size: int = Field(64, ge=1, le=65_536)
     metric: Literal["accuracy", "mcc"] = "accuracy"
-    doc_stride: PositiveInt = 64
-    max_answer_length: PositiveInt = 30
-    n_best: PositiveInt = 20
+    doc_stride: int = Field(64, ge=1, le=_MAX_TOKENS)
+    """QA: overlap of consecutive windows in tokens; must be below ``max_length``."""
+    max_answer_length: int = Field(30, ge=1, le=_MAX_TOKENS)
+    n_best: int = Field(20, ge=1, le=10_000)
     version_2_with_negative: bool = False
     prompt: str = "{source}\nText:"
-    num_beams: PositiveInt = 4
-    max_new_tokens: PositiveInt = 64
-    eval_examples_per_client: int = Field(0, ge=0)
+    num_beams: int = Field(4, ge=1, le=1_024)
+    max_new_tokens: int = Field(64, ge=1, le=_MAX_TOKENS)
+    eval_examples_per_client: int = Field(0, ge=0, le=100_000_000)
     """Generation: evaluate at most this many test sources per client (0: all)."""
 
 
@@ -89,9 +112,11 @@ class ExperimentConfig(_Strict):
     """One experiment: model, data, partition, federation, adapters, and hyperparameters per algorithm."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
+    """Seed of sampling, partitioning and initialisation: 0 to 2**63 - 1 (numpy's SeedSequence refuses negatives)."""
     algorithm: str = "pf2lora"
     compare: list[str] = Field(default_factory=lambda: ["pf2lora", "homlora", "hetlora"])
+    """Algorithms to run one after the other: at least one, each once."""
     model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     partition: PartitionSettings = PartitionSettings()
@@ -99,6 +124,33 @@ class ExperimentConfig(_Strict):
     lora: LoraSettings = LoraSettings()
     task: TaskSettings = TaskSettings()
     algorithms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("compare")
+    @classmethod
+    def _check_compare(cls, names: list[str]) -> list[str]:
+        """An empty comparison runs nothing, and a repeated name would overwrite its own output folder."""
+        if not names:
+            raise ValueError("must name at least one algorithm")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(map(repr, repeated))} more than once")
+        return names
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> ExperimentConfig:
+        """Settings that are only wrong together: QA windows, and enough examples for every client."""
+        task, data, clients = self.task, self.data, self.partition.num_clients
+        if data.dataset in _QA_DATASETS and task.doc_stride >= task.max_length:
+            raise ValueError(
+                f"task.doc_stride: must be less than task.max_length ({task.max_length}) for {data.dataset} "
+                f"windows, got {task.doc_stride}"
+            )
+        if data.max_examples is not None and data.max_examples < 2 * clients:
+            raise ValueError(
+                f"data.max_examples: must be at least 2 × partition.num_clients = {2 * clients} "
+                f"(a train and a test example per client), got {data.max_examples}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -111,7 +163,8 @@ class ExperimentConfig(_Strict):
                 ALGORITHMS[name].Config(**hyper)
             except ValidationError as e:
                 err = e.errors()[0]
-                raise ValueError(f"algorithms.{name}.{'.'.join(map(str, err['loc']))}: {_message(err)}") from None
+                where = ".".join(map(str, (name, *err["loc"])))
+                raise ValueError(f"algorithms.{where}: {_message(err)}") from None
             if "lora" in params:
                 try:
                     LoraSettings(**{**self.lora.model_dump(), **params["lora"]})
@@ -119,6 +172,11 @@ class ExperimentConfig(_Strict):
                     detail = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e), "type": ""}
                     where = ".".join(map(str, detail["loc"]))
                     raise ValueError(f"algorithms.{name}.lora.{where}: {_message(detail)}") from None
+        for name in dict.fromkeys([self.algorithm, *self.compare]):
+            algo = ALGORITHMS[name]
+            algo.check_setup(
+                algo.Config(**self.hyperparameters(name)), self.lora_for(name).model_dump(), self.partition.num_clients
+            )
         return self
 
     def hyperparameters(self, name: str) -> dict[str, Any]:
@@ -126,59 +184,186 @@ class ExperimentConfig(_Strict):
         return {k: v for k, v in self.algorithms.get(name, {}).items() if k != "lora"}
 
     def lora_for(self, name: str) -> LoraSettings:
-        """The LoRA shape ``name`` trains: its override, r = r_max for HETLoRA, no private adapter for baselines."""
-        lora = LoraSettings(**{**self.lora.model_dump(), **self.algorithms.get(name, {}).get("lora", {})})
+        """The LoRA shape algorithm ``name`` trains: the experiment's, its override, then the algorithm's own rule."""
+        lora = {**self.lora.model_dump(), **self.algorithms.get(name, {}).get("lora", {})}
         algo = ALGORITHMS[name]
-        updates: dict[str, Any] = {}
-        if not algo.uses_private_adapter:
-            updates["r_private"] = 0
-        if name == "hetlora":
-            updates["r"] = algo.Config(**self.hyperparameters(name)).r_max  # type: ignore[attr-defined]
-        return lora.model_copy(update=updates)
+        return LoraSettings(**algo.lora_shape(algo.Config(**self.hyperparameters(name)), lora))
+
+
+#: What a value had to be, by the type of pydantic's (strict) error.
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
+
+
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in words ("a boolean", "a list", ...)."""
+    if value is None:
+        return "null"
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _message(err: Any) -> str:
-    """A pydantic error's message in our words."""
-    return "unknown key" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
+    """A pydantic error's message in our words: what the value must be and, where short, what it was."""
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in _EXPECTED:
+        return f"must be {_EXPECTED[kind]}, not {_kind(value)}"
+    if kind == "finite_number":
+        return "must be a finite number"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if msg.startswith("Input should be "):
+        msg = "must be " + msg.removeprefix("Input should be ")
+        if isinstance(value, int | float | str) and len(repr(value)) <= 40:
+            msg += f", got {value!r}"
+    return msg
 
 
-def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
-    value = yaml.safe_load(raw) if raw != "" else ""
-    keys = dotted.split(".")
+def find_non_finite(value: Any, where: str = "") -> str | None:
+    """Dotted location (under ``where``) of the first NaN or ±inf in nested dicts and lists, or None if none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        found = find_non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+class _KeyProblem(yaml.MarkedYAMLError):
+    """A mapping key the config format refuses (duplicate, or not a string)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing duplicate keys (plain YAML keeps the last one silently) and non-string keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` entries may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise _KeyProblem(problem=f"key {key!r} is not a string", problem_mark=key_node.start_mark)
+            if key in seen:
+                problem = f"duplicate key {key!r} (first on line {seen[key]})"
+                raise _KeyProblem(problem=problem, problem_mark=key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads ``1e-3`` and ``1e300`` as strings; YAML 1.2 and every user read them as numbers.
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_error(e: yaml.YAMLError, with_line: bool) -> str:
+    """One line for a YAML error: ``line N: <problem>`` (the line where known and wanted)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        problem = " ".join(e.problem.split())
+        mark = e.problem_mark
+    else:
+        problem, mark = str(e).splitlines()[0], None
+    what = problem if isinstance(e, _KeyProblem) else f"not valid YAML ({problem})"
+    return f"line {mark.line + 1}: {what}" if with_line and mark is not None else what
+
+
+def _set(tree: dict[str, Any], item: str) -> None:
+    """Apply one ``--set key=value`` to the raw tree; the value is YAML (``compare=[pf2lora]``, ``lr=1e-3``)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    dotted, raw = item.split("=", 1)
+    keys = [k.strip() for k in dotted.split(".")]
+    if not all(keys):
+        raise ConfigError(f"--set {item}: the key must be dotted names like federation.rounds, got {dotted!r}")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw != "" else ""  # _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: {_yaml_error(e, with_line=False)}") from None
     node = tree
-    for k in keys[:-1]:
-        if not isinstance(node.setdefault(k, {}), dict):
-            raise ConfigError(f"--set {dotted}: {k} is not a section")
-        node = node[k]
+    for depth, key in enumerate(keys[:-1], start=1):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item}: {'.'.join(keys[:depth])} is not a section")
     node[keys[-1]] = value
 
 
+def _fail(path: Path, loc: str, msg: str, overrides: list[str]) -> ConfigError:
+    """``<file>: <field>: <message>``, naming the last ``--set`` that wrote the field (or a section holding it)."""
+    origin = ""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if loc == key or loc.startswith(key + "."):
+            origin = f" (from --set {item})"
+    return ConfigError(f"{path}: {loc}: {msg}{origin}" if loc else f"{path}: {msg}")
+
+
+def _resolve_data_dir(tree: dict[str, Any], folder: Path) -> None:
+    """Expand ``~`` in ``data.data_dir`` and resolve it (or its default) against ``folder`` if relative."""
+    data = tree.get("data", {})
+    if not isinstance(data, dict):
+        return  # validation names the problem
+    data_dir = data.get("data_dir", DataSettings.model_fields["data_dir"].default)
+    if isinstance(data_dir, str) and data_dir and "://" not in data_dir:
+        resolved = Path(data_dir).expanduser()
+        tree["data"] = {**data, "data_dir": str(resolved if resolved.is_absolute() else (folder / resolved).resolve())}
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read, override and validate a YAML config; relative ``data.data_dir`` resolves against its folder."""
-    path = Path(path)
+    """Read, override and validate a YAML config (UTF-8; empty: all defaults); relative paths are file-relative."""
+    path, overrides = Path(path), list(overrides or [])
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set(tree, key.strip(), raw)
-    data_dir = tree.get("data", {}).get("data_dir") if isinstance(tree.get("data"), dict) else None
-    if data_dir and "://" not in data_dir and not os.path.isabs(os.path.expanduser(data_dir)):
-        tree["data"]["data_dir"] = str((path.parent / data_dir).resolve())
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        return ExperimentConfig(**tree)
+        tree = yaml.load(raw.decode("utf-8"), Loader=_Loader)  # _Loader is a SafeLoader
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: {_yaml_error(e, with_line=True)}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, lora:, ...), not {_kind(tree)}")
+    _resolve_data_dir(tree, path.parent)
+    for item in overrides:
+        _set(tree, item)
+    bad = find_non_finite(tree)
+    if bad is not None:
+        raise _fail(path, bad, "must be a finite number", overrides)
+    _resolve_data_dir(tree, Path.cwd())  # a relative ``--set data.data_dir`` means the folder the command runs in
+    try:
+        # strict here too: FederationConfig is declared elsewhere and would otherwise coerce ``true`` to 1
+        return ExperimentConfig.model_validate(tree, strict=True)
     except ValidationError as e:
         err = e.errors()[0]
-        msg = _message(err)
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}") from None
+        loc, msg = ".".join(map(str, err["loc"])), _message(err)
+        if not loc:  # a model validator's message starts with the field it is about
+            head, sep, rest = msg.partition(": ")
+            if sep and re.fullmatch(r"[\w.]+", head):
+                loc, msg = head.rstrip("."), rest
+        raise _fail(path, loc, msg, overrides) from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

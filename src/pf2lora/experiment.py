@@ -1,7 +1,10 @@
 """Run an experiment config end to end: data → clients → model → federation → files.
 
 ``prepare`` loads and partitions the data once, so ``compare`` runs every algorithm on identical clients.
-Each run writes ``metrics.jsonl``, ``summary.json``, ``config.resolved.yaml``, ``partition.json`` and plots.
+Each run writes ``config.resolved.yaml`` and ``partition.json`` first, appends ``metrics.jsonl`` round by
+round, keeps the whole federation in ``checkpoint/`` (every ``federation.checkpoint_every`` rounds and
+after the last), and ends with ``summary.json`` and plots. A run directory holding a checkpoint is
+resumed from it, to the same numbers as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pf2lora import models
+from pf2lora import checkpoint, models
 from pf2lora.adapters import AdaptedModel, add_two_level_lora
-from pf2lora.algorithms import ALGORITHMS, make_algorithm
+from pf2lora.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from pf2lora.config import ExperimentConfig, dump_config
 from pf2lora.data import (
     Partition,
@@ -29,18 +32,16 @@ from pf2lora.data import (
     load_dataset,
     train_test_split_per_client,
 )
-from pf2lora.io import atomic_write, write_json, write_jsonl, write_text
-from pf2lora.runtime.simulation import ClientData, History, Simulation, pool_clients
+from pf2lora.errors import ConfigError, InputError
+from pf2lora.federation import ClientData, History, pool_clients
+from pf2lora.io import JsonlLog, atomic_write, write_json, write_jsonl, write_text
+from pf2lora.runtime.simulation import Simulation
 from pf2lora.tasks import DATASET_TASKS, Task
 
-DISPLAY_NAMES = {
-    "centralized": "Centralized LoRA",
-    "homlora": "HOMLoRA",
-    "perfedavg": "Per-FedAvg-LoRA",
-    "hetlora": "HETLoRA",
-    "pf2lora": "PF2LoRA",
-    "pf2lora_nobo": "PF2LoRA w/o BO",
-}
+
+def display_name(name: str) -> str:
+    """The table/plot name of a registered algorithm."""
+    return getattr(ALGORITHMS.get(name), "display_name", name)
 
 
 @dataclass
@@ -74,17 +75,33 @@ def split_clients(cfg: ExperimentConfig, keys: Sequence[Any]) -> tuple[Partition
 
 
 def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None) -> Prepared:
-    """Load the pool, subsample, partition, and build every client's tokenized data."""
+    r"""Load the pool, subsample, partition, and build every client's tokenized data.
+
+    Input problems (model name, data files, partitions the data cannot fill) are :class:`InputError`\ s,
+    raised before any model weights load.
+    """
+    task_cls = DATASET_TASKS[cfg.data.dataset]
+    models.check(cfg.model.name, task_cls.kind)
     examples = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.data_dir)
     if cfg.data.max_examples and len(examples) > cfg.data.max_examples:
         keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.data.max_examples))
         examples = [examples[i] for i in keep]
-    task_cls = DATASET_TASKS[cfg.data.dataset]
+    keys = task_cls.partition_keys(examples)
+    try:
+        train, test = split_clients(cfg, keys)
+    except ValueError as e:
+        raise InputError(f"partition: {e}") from None
+    for k in range(train.num_clients):
+        for part, split in (("train", train), ("test", test)):
+            if not split.clients[k]:
+                raise InputError(
+                    f"partition.num_clients: client {k} of {train.num_clients} gets no {part} examples from "
+                    f"{len(examples)} examples (test_fraction {cfg.partition.test_fraction}); use fewer clients "
+                    "or more data (data.max_examples)"
+                )
     if tokenizer is None:
         _, tokenizer = models.load(cfg.model.name, task_cls.kind, _num_labels(examples))
     task = task_cls(tokenizer, cfg.task)
-    keys = task.partition_keys(examples)
-    train, test = split_clients(cfg, keys)
     clients = [
         task.client(str(k), [examples[i] for i in train.clients[k]], [examples[i] for i in test.clients[k]])
         for k in range(train.num_clients)
@@ -104,24 +121,24 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None) -> Prepared:
     return Prepared(cfg, task, clients, partition, _num_labels(examples))
 
 
-def build_model(cfg: ExperimentConfig, name: str, task: Task, num_labels: int) -> AdaptedModel:
-    """The pretrained model with the two-level LoRA shape algorithm ``name`` trains."""
-    lora = cfg.lora_for(name)
-    net, _ = models.load(cfg.model.name, task.kind, num_labels, _attention(cfg, name))
+def build_model(cfg: ExperimentConfig, algorithm: Algorithm, task: Task, num_labels: int) -> AdaptedModel:
+    """The pretrained model with the two-level LoRA shape ``algorithm`` trains."""
+    lora = cfg.lora_for(algorithm.name)
+    # Double backward needs eager/math attention: ask for eager where exact second derivatives are taken.
+    attention = cfg.model.attn_implementation or ("eager" if algorithm.needs_exact_second_derivatives() else None)
+    net, _ = models.load(cfg.model.name, task.kind, num_labels, attention)
+    heads = models.head_modules(net, task.kind)
     targets = lora.target_modules or models.target_modules(net)
-    add_two_level_lora(net, targets, lora.r, lora.r_private, lora.alpha, lora.alpha_private, lora.dropout)
-    return AdaptedModel(net, task.loss, models.head_modules(net, task.kind), lora.head_group)
-
-
-def _attention(cfg: ExperimentConfig, name: str) -> str | None:
-    """Double backward needs eager/math attention: ask for eager where exact second derivatives are taken."""
-    if cfg.model.attn_implementation:
-        return cfg.model.attn_implementation
-    hyper = cfg.hyperparameters(name)
-    exact = (name == "pf2lora" and hyper.get("hypergradient") == "exact") or (
-        name == "perfedavg" and hyper.get("variant") == "hessian"
-    )
-    return "eager" if exact else None
+    for t in targets:
+        if any(t == h or t.startswith(h + ".") for h in heads):
+            raise ConfigError(
+                f"lora.target_modules: {t!r} is the task head, which is trained in full, not a LoRA target"
+            )
+    try:
+        add_two_level_lora(net, targets, lora.r, lora.r_private, lora.alpha, lora.alpha_private, lora.dropout)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"lora.target_modules: {e}") from None
+    return AdaptedModel(net, task.loss, heads, lora.head_group)
 
 
 def seed_everything(seed: int) -> None:
@@ -131,38 +148,124 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _rows(name: str, history: History, first: int, last: int) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` rows of rounds ``first..last``: per round its training rows, then its evaluations."""
+    rows: list[dict[str, Any]] = []
+    for rnd in range(first, last + 1):
+        rows += [{"kind": "train", "algorithm": name, **r} for r in history.train if r["round"] == rnd]
+        rows += [{"kind": "eval", "algorithm": name, **r} for r in history.eval if r["round"] == rnd]
+    return rows
+
+
 def run_algorithm(
     prepared: Prepared,
     name: str,
     out: Path,
     on_client: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[int, History], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one algorithm on the prepared clients; write its files; return its summary."""
+    """Train and evaluate one algorithm on the prepared clients; write its files; return its summary.
+
+    If ``out`` holds a checkpoint of this run, training continues from it (``metrics.jsonl`` is cut back
+    to the checkpoint's rounds first). The caller decides whether ``out`` may hold an earlier run.
+    """
+    cfg, task = prepared.cfg, prepared.task
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.resolved.yaml", dump_config(cfg))
+    write_json(out / "partition.json", prepared.partition)
+    sim = build_simulation(prepared, name)
+    state = checkpoint.load(out)
+    elapsed = 0.0
+    if state is not None:
+        sim.load_state_dict(state)
+        elapsed = float(state.get("elapsed_seconds", 0.0))
+    metrics_path = out / "metrics.jsonl"
+    write_jsonl(metrics_path, _rows(name, sim.history, 0, sim.round))
+    log = JsonlLog(metrics_path)
+    written = sim.round
+    t0 = time.perf_counter()
+
+    def after_round(rnd: int, history: History) -> None:
+        nonlocal written
+        log.append(_rows(name, history, 0 if written == 0 else written + 1, rnd))
+        written = rnd
+        if rnd % cfg.federation.checkpoint_every == 0 or rnd == cfg.federation.rounds:
+            checkpoint.save(out, {**sim.state_dict(), "elapsed_seconds": elapsed + time.perf_counter() - t0})
+        if on_round is not None:
+            on_round(rnd, history)
+
+    try:
+        history = sim.run(on_round=after_round, on_client=on_client)
+    finally:
+        log.close()
+    seconds = elapsed + time.perf_counter() - t0
+    summary = summarize(name, sim, history, task.primary_metric, seconds)
+    plot_run(history, task.primary_metric, out / "curves.png", display_name(name))
+    write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    return summary
+
+
+def build_simulation(prepared: Prepared, name: str) -> Simulation:
+    """The seeded model, algorithm and in-process federation of algorithm ``name`` on the prepared clients."""
     cfg, task = prepared.cfg, prepared.task
     seed_everything(cfg.seed)
-    model = build_model(cfg, name, task, prepared.num_labels)
     algorithm = make_algorithm(name, cfg.hyperparameters(name))
+    model = build_model(cfg, algorithm, task, prepared.num_labels)
     fed, train_clients = cfg.federation, prepared.clients
-    if ALGORITHMS[name].pools_client_data:
+    if algorithm.pools_client_data:
         # one client with everyone's data takes as many steps per round as all clients together
         train_clients = [pool_clients(prepared.clients)]
         fed = fed.model_copy(update={"local_steps": fed.local_steps * len(prepared.clients)})
-    sim = Simulation(model, algorithm, train_clients, fed, task.evaluate, prepared.clients)
-    t0 = time.perf_counter()
-    history = sim.run(on_client=on_client)
-    seconds = time.perf_counter() - t0
-    summary = summarize(name, sim, history, task.primary_metric, seconds)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(
-        out / "metrics.jsonl",
-        [{"kind": "train", "algorithm": name, **r} for r in history.train]
-        + [{"kind": "eval", "algorithm": name, **r} for r in history.eval],
-    )
-    write_json(out / "summary.json", summary)
-    write_text(out / "config.resolved.yaml", dump_config(cfg))
-    write_json(out / "partition.json", prepared.partition)
-    plot_run(history, task.primary_metric, out / "curves.png", DISPLAY_NAMES.get(name, name))
-    return summary
+    return Simulation(model, algorithm, train_clients, fed, task.evaluate, prepared.clients)
+
+
+def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -> list[Path]:
+    """Write each client's personalized model of the run in ``run_dir`` as a PEFT adapter ``out/client_<id>``.
+
+    The model is rebuilt from the run's resolved config and its last checkpoint, so each adapter holds the
+    values the run's own evaluation scored at that round.
+    """
+    from pf2lora.config import load_config
+    from pf2lora.errors import OutputError
+    from pf2lora.export import export_peft_adapter, peft_task_type
+
+    state = checkpoint.load(run_dir)
+    if state is None:
+        runs = sorted(p.parent.name for p in run_dir.glob(f"*/{checkpoint.CHECKPOINT_DIR}"))
+        hint = f": export one of its runs ({', '.join(str(run_dir / r) for r in runs)})" if runs else ""
+        raise OutputError(f"{run_dir}: no checkpoint of a run here{hint}")
+    cfg = load_config(run_dir / "config.resolved.yaml")
+    name = state["algorithm"]
+    if name not in ALGORITHMS:
+        raise OutputError(f"{run_dir}: checkpoint of an unknown algorithm {name!r}")
+    prepared = prepare(cfg)
+    known = [c.cid for c in prepared.clients]
+    wanted = list(clients) if clients else known
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise InputError(f"--client {unknown[0]}: no such client; the run has clients {', '.join(known)}")
+    if out.exists() and any(
+        not (p.is_dir() and p.name.startswith("client_") and (p / "adapter_config.json").is_file())
+        for p in out.iterdir()
+    ):
+        raise OutputError(f"--out {out}: holds files other than earlier exports; choose another folder")
+    sim = build_simulation(prepared, name)
+    sim.load_state_dict(state)
+    written = []
+    for client in prepared.clients:
+        if client.cid in wanted:
+            params = sim.evaluated_params(client)
+            written.append(
+                export_peft_adapter(
+                    sim.model,
+                    params,
+                    out / f"client_{client.cid}",
+                    base_model_name_or_path=models.resolve(cfg.model.name),
+                    task_type=peft_task_type(prepared.task.kind),
+                    client=client.cid,
+                )
+            )
+    return written
 
 
 def summarize(name: str, sim: Simulation, history: History, metric: str, seconds: float) -> dict[str, Any]:
@@ -245,7 +348,7 @@ def comparison_table(cfg: ExperimentConfig, summaries: Sequence[dict[str, Any]])
         mean = s["final"]["mean"]
         vals = " | ".join(f"{mean[c]:.2f}" if c in mean else "–" for c in cols)
         lines.append(
-            f"| {DISPLAY_NAMES.get(s['algorithm'], s['algorithm'])} | {s['trainable_parameters_per_client']:,.0f} | "
+            f"| {display_name(s['algorithm'])} | {s['trainable_parameters_per_client']:,.0f} | "
             f"{s['communicated_parameters_per_round']:,.0f} | {vals} |"
         )
     return "\n".join(lines) + "\n"
@@ -263,7 +366,7 @@ def plot_comparison(out: Path, names: Sequence[str], metric: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in names:
         rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-        ax.plot(*_mean_by_round([r for r in rows if r["kind"] == "eval"], metric), label=DISPLAY_NAMES.get(name, name))
+        ax.plot(*_mean_by_round([r for r in rows if r["kind"] == "eval"], metric), label=display_name(name))
     ax.set(title=f"mean client test {metric}", xlabel="round")
     ax.grid(alpha=0.3)
     ax.legend()

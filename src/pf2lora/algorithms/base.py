@@ -4,6 +4,13 @@ An algorithm knows nothing of the runtime: it is handed an :class:`~pf2lora.adap
 a source of local batches and the tensors the server broadcast, and it returns the tensors a client
 uploads. The split mirrors Flower's strategies (server side: ``init_global``/``aggregate``) and
 ClientApps (client side: ``init_client``/``local_update``/``personalize``).
+
+An algorithm also *declares* its state (:meth:`Algorithm.communicated`, :meth:`Algorithm.private`,
+:meth:`Algorithm.upload_spec`, ``metric_names``): which tensors cross the network and which stay on
+the client. Runtimes enforce exactly that declaration; nothing is inferred from tensor names. Everything
+an experiment needs to know about an algorithm (display name, data pooling, the LoRA shape it trains,
+whether it takes exact second derivatives) is a class attribute or classmethod here, so a new algorithm
+is one file plus one registry line.
 """
 
 from __future__ import annotations
@@ -31,23 +38,56 @@ class BatchSource(Protocol):
 
 @dataclass
 class ClientState:
-    """Everything a client keeps to itself between rounds: never put into a payload."""
+    """Everything a client keeps to itself between rounds: never put into a payload.
+
+    ``private`` holds tensors, ``optimizer`` an optimizer ``state_dict``, ``extra`` plain values
+    (numbers, strings): all of it survives ``torch.save``/``torch.load(weights_only=True)``.
+    """
 
     private: Params = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def state_dict(self) -> dict[str, Any]:
+        """A serializable copy (for checkpoints and for a client's local disk)."""
+        return {"private": dict(self.private), "optimizer": self.optimizer, "extra": dict(self.extra)}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> ClientState:
+        """Inverse of :meth:`state_dict`."""
+        return cls(dict(state["private"]), dict(state["optimizer"]), dict(state["extra"]))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of one declared tensor."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+StateSpec = dict[str, TensorSpec]
+
+
+def spec_of(params: Mapping[str, Tensor]) -> StateSpec:
+    """The :class:`TensorSpec` of every tensor in ``params``."""
+    return {k: TensorSpec(tuple(v.shape), v.dtype) for k, v in params.items()}
+
+
+#: Largest learning rate accepted: above it nothing can be meant (and torch's float32 step would overflow).
+MAX_LR = 1e6
+
 
 class AlgorithmConfig(BaseModel):
     """Base of every algorithm's hyperparameters: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class OptimizedConfig(AlgorithmConfig):
     """Hyperparameters of the optimizer that trains the communicated (common) adapter."""
 
-    lr: PositiveFloat = 1e-3
+    lr: PositiveFloat = Field(1e-3, le=MAX_LR)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.0, ge=0.0)
 
@@ -56,11 +96,15 @@ class Algorithm(ABC):
     """A federated fine-tuning algorithm over a two-level LoRA model."""
 
     name: ClassVar[str]
+    #: Name shown in tables and plots.
+    display_name: ClassVar[str]
     Config: ClassVar[type[AlgorithmConfig]]
     #: Whether an experiment should pool every client's training data into one client.
     pools_client_data: ClassVar[bool] = False
-    #: Rank of the private adapter this algorithm uses (0: none) given the experiment's r_private.
+    #: Whether the model carries the private (C, D) adapter; if not, it is built with r_private = 0.
     uses_private_adapter: ClassVar[bool] = False
+    #: The metrics a client may report with its upload (anything else is refused by the runtime).
+    metric_names: ClassVar[tuple[str, ...]] = ("train_loss",)
 
     def __init__(self, config: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
         if config is None:
@@ -69,10 +113,37 @@ class Algorithm(ABC):
             config = self.Config(**dict(config))
         self.config = config
 
+    # ---- what the algorithm trains and declares ----------------------------------------------
+    @classmethod
+    def lora_shape(cls, config: AlgorithmConfig, lora: Mapping[str, Any]) -> dict[str, Any]:
+        """The LoRA settings (``r``, ``r_private``, ...) of the model this algorithm trains, from the experiment's."""
+        return dict(lora) if cls.uses_private_adapter else {**lora, "r_private": 0}
+
+    @classmethod
+    def check_setup(cls, config: AlgorithmConfig, lora: Mapping[str, Any], num_clients: int) -> None:
+        """Raise ``ValueError("field: why")`` if the hyperparameters cannot work with this LoRA shape/federation."""
+        return None
+
+    def needs_exact_second_derivatives(self) -> bool:
+        """Whether training takes double backward (the model then needs eager/math attention)."""
+        return False
+
+    def communicated(self, model: AdaptedModel) -> list[str]:
+        """Names of the tensors a client uploads and the server broadcasts (default: common adapter [+ head])."""
+        return list(model.common_names)
+
+    def private(self, model: AdaptedModel) -> list[str]:
+        """Names of the tensors that never leave a client (default: client adapter [+ head])."""
+        return list(model.private_names)
+
+    def upload_spec(self, broadcast: StateSpec, state: ClientState) -> StateSpec:
+        """What a client in ``state`` uploads: by default exactly the broadcast's names, shapes and dtypes."""
+        return dict(broadcast)
+
     # ---- server side -------------------------------------------------------------------------
     def init_global(self, model: AdaptedModel, generator: torch.Generator) -> Params:
         """The server's initial global (communicated) state."""
-        return model.fresh_lora(model.common_names, generator)
+        return model.fresh_lora(self.communicated(model), generator)
 
     def aggregate(self, global_state: Params, uploads: Sequence[Params], weights: Sequence[float]) -> Params:
         """New global state from the clients' uploads (``weights`` are normalised by the runtime)."""
@@ -83,7 +154,7 @@ class Algorithm(ABC):
         self, model: AdaptedModel, client: int, num_clients: int, generator: torch.Generator
     ) -> ClientState:
         """Private state (adapter, optimizer, counters) of client ``client`` (0-based) of ``num_clients``."""
-        return ClientState(private=model.fresh_lora(model.private_names, generator))
+        return ClientState(private=model.fresh_lora(self.private(model), generator))
 
     @abstractmethod
     def local_update(

@@ -18,5 +18,6 @@ class Centralized(HOMLoRA):
     """LoRA on pooled data."""
 
     name = "centralized"
+    display_name = "Centralized LoRA"
     Config = CentralizedConfig
     pools_client_data = True

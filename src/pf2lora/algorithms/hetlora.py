@@ -30,7 +30,8 @@ Choices where the sources are vague or disagree (see the README's notes):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
@@ -38,9 +39,12 @@ from pydantic import Field, PositiveInt, model_validator
 from pf2lora.adapters import AdaptedModel, Params, truncate_rank, zero_pad_rank
 from pf2lora.algorithms.base import (
     Algorithm,
+    AlgorithmConfig,
     BatchSource,
     ClientState,
     OptimizedConfig,
+    StateSpec,
+    TensorSpec,
     apply_step,
     grad_dict,
     leaves,
@@ -52,8 +56,8 @@ from pf2lora.algorithms.base import (
 class HETLoRAConfig(OptimizedConfig):
     """Hyperparameters of HETLoRA."""
 
-    r_min: PositiveInt = 1
-    r_max: PositiveInt = 8
+    r_min: PositiveInt = Field(1, le=4096)
+    r_max: PositiveInt = Field(8, le=4096)
     ranks: list[PositiveInt] | None = None
     """Explicit initial ranks per client (default: spread between r_min and r_max)."""
     lam: float = Field(5e-3, ge=0.0)
@@ -93,8 +97,35 @@ class HETLoRA(Algorithm):
     """Heterogeneous-rank LoRA with truncation, self-pruning and sparsity-weighted aggregation."""
 
     name = "hetlora"
+    display_name = "HETLoRA"
     Config = HETLoRAConfig
     config: HETLoRAConfig
+    metric_names = ("train_loss", "rank")
+
+    @classmethod
+    def lora_shape(cls, config: AlgorithmConfig, lora: Mapping[str, Any]) -> dict[str, Any]:
+        """One global adapter of rank r_max, no client adapter."""
+        return {**lora, "r": config.r_max, "r_private": 0}  # type: ignore[attr-defined]
+
+    @classmethod
+    def check_setup(cls, config: AlgorithmConfig, lora: Mapping[str, Any], num_clients: int) -> None:
+        ranks = config.ranks  # type: ignore[attr-defined]
+        if ranks is not None and len(ranks) != num_clients:
+            raise ValueError(f"algorithms.{cls.name}.ranks: lists {len(ranks)} ranks for {num_clients} clients")
+
+    def upload_spec(self, broadcast: StateSpec, state: ClientState) -> StateSpec:
+        """The broadcast truncated to the client's current rank r_k (A: first r_k rows, B: first r_k columns)."""
+        rank = state.extra["rank"]
+        out: StateSpec = {}
+        for name, spec in broadcast.items():
+            suffix = name.rsplit(".", 1)[-1]
+            shape = spec.shape
+            if suffix == "lora_A":
+                shape = (rank, *shape[1:])
+            elif suffix == "lora_B":
+                shape = (shape[0], rank)
+            out[name] = TensorSpec(shape, spec.dtype)
+        return out
 
     def initial_rank(self, client: int, num_clients: int) -> int:
         """r_k for 0-based ``client``."""

@@ -28,6 +28,7 @@ class HOMLoRA(Algorithm):
     """FedAvg over a single LoRA adapter."""
 
     name = "homlora"
+    display_name = "HOMLoRA"
     Config = HOMLoRAConfig
     config: HOMLoRAConfig
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import PositiveFloat
+from pydantic import Field, PositiveFloat
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import (
+    MAX_LR,
     Algorithm,
     BatchSource,
     ClientState,
@@ -33,7 +34,7 @@ from pf2lora.algorithms.base import (
 class PerFedAvgConfig(OptimizedConfig):
     """Hyperparameters of Per-FedAvg-LoRA."""
 
-    lr_inner: PositiveFloat = 1e-2
+    lr_inner: PositiveFloat = Field(1e-2, le=MAX_LR)
     """α: the one-step adaptation learning rate (training and personalisation)."""
     variant: Literal["first_order", "hessian"] = "first_order"
 
@@ -42,8 +43,12 @@ class PerFedAvg(Algorithm):
     """MAML-style personalised FedAvg over LoRA."""
 
     name = "perfedavg"
+    display_name = "Per-FedAvg-LoRA"
     Config = PerFedAvgConfig
     config: PerFedAvgConfig
+
+    def needs_exact_second_derivatives(self) -> bool:
+        return self.config.variant == "hessian"
 
     def local_update(
         self, model: AdaptedModel, received: Params, state: ClientState, data: BatchSource, steps: int

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import (
+    MAX_LR,
     Algorithm,
+    AlgorithmConfig,
     BatchSource,
     ClientState,
     OptimizedConfig,
@@ -51,7 +54,7 @@ from pf2lora.algorithms.base import (
 class PF2LoRAConfig(OptimizedConfig):
     """Hyperparameters of PF2LoRA."""
 
-    lr_private: float = Field(1e-2, ge=0.0)
+    lr_private: float = Field(1e-2, ge=0.0, le=MAX_LR)
     """α: SGD learning rate of the client adapter (lower level); also scales the hypergradient term."""
     hypergradient: Literal["exact", "fd"] = "fd"
     batches: Literal["independent", "shared"] = "independent"
@@ -63,9 +66,18 @@ class PF2LoRA(Algorithm):
     """Bilevel two-level LoRA (Algorithm 1)."""
 
     name = "pf2lora"
+    display_name = "PF2LoRA"
     Config = PF2LoRAConfig
     uses_private_adapter = True
     config: PF2LoRAConfig
+
+    @classmethod
+    def check_setup(cls, config: AlgorithmConfig, lora: Mapping[str, Any], num_clients: int) -> None:
+        if lora["r_private"] < 1:
+            raise ValueError(f"lora.r_private: {cls.name} trains a client adapter, so r_private must be >= 1")
+
+    def needs_exact_second_derivatives(self) -> bool:
+        return self.config.hypergradient == "exact"
 
     def local_update(
         self, model: AdaptedModel, received: Params, state: ClientState, data: BatchSource, steps: int

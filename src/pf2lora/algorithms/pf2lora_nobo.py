@@ -28,7 +28,11 @@ class PF2LoRANoBO(PF2LoRA):
     """Two-level LoRA trained jointly with first-order gradients."""
 
     name = "pf2lora_nobo"
+    display_name = "PF2LoRA w/o BO"
     Config = PF2LoRANoBOConfig
+
+    def needs_exact_second_derivatives(self) -> bool:
+        return False
 
     def local_update(
         self, model: AdaptedModel, received: Params, state: ClientState, data: BatchSource, steps: int

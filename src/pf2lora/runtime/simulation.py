@@ -2,10 +2,12 @@
 
 The runtime knows no algorithm: it calls the :class:`~pf2lora.algorithms.base.Algorithm` interface
 (init, local update, aggregate, personalize), moves every client→server message as one
-:class:`Payload`, and refuses a payload that names a client-private tensor. Per-client state is the
-client adapter, optimizer state and data position only, so memory grows by adapter size per client.
+:class:`~pf2lora.federation.Payload`, and enforces the algorithm's declaration of what it communicates
+(:func:`~pf2lora.federation.check_payload`). Per-client state is the algorithm's private state,
+optimizer state and data position only, so memory grows by adapter size per client.
 A run is a function of its config and seed: every client draws its dropout from a seed derived from
-(seed, round, client), and its batches from its own generator.
+(seed, round, client), and its batches from its own generator. The whole federation is one
+serializable dict (:meth:`Simulation.state_dict`), so a run resumes bit for bit.
 """
 
 from __future__ import annotations
@@ -13,136 +15,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
-from torch import Tensor
 
 from pf2lora.adapters import AdaptedModel, Params
-from pf2lora.algorithms.base import Algorithm, ClientState
-
-
-class PrivacyError(RuntimeError):
-    """A client tried to send a tensor that must stay on the client."""
-
-
-@dataclass
-class ClientData:
-    """One client's local data: ``fetch(indices)`` builds a training batch; ``test`` is for the evaluator."""
-
-    cid: str
-    num_train: int
-    fetch: Callable[[np.ndarray], Any]
-    test: Any = None
-
-
-def pool_clients(clients: Sequence[ClientData], cid: str = "pooled") -> ClientData:
-    """One client holding every client's training data (centralized training)."""
-    offsets = np.cumsum([0] + [c.num_train for c in clients])
-
-    def fetch(idx: np.ndarray) -> Any:
-        # A batch may span clients: fetch each client's rows, then merge dict batches by padding-aware concat.
-        owner = np.searchsorted(offsets, idx, side="right") - 1
-        parts = [clients[k].fetch(idx[owner == k] - offsets[k]) for k in np.unique(owner)]
-        return parts[0] if len(parts) == 1 else _concat_batches(parts)
-
-    return ClientData(cid, int(offsets[-1]), fetch)
-
-
-def _concat_batches(parts: list[Any]) -> Any:
-    """Concatenate batches (dicts of tensors padded to different widths, or tuples of tensors)."""
-    if isinstance(parts[0], dict):
-        out = {}
-        for key in parts[0]:
-            tensors = [p[key] for p in parts]
-            if tensors[0].dim() == 2:
-                width = max(t.shape[1] for t in tensors)
-                fill = -100 if key == "labels" else 0
-                tensors = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors]
-            out[key] = torch.cat(tensors)
-        return out
-    return type(parts[0])(torch.cat(ts) for ts in zip(*parts, strict=True))
-
-
-class BatchStream:
-    """Endless shuffled mini-batches of a client's training set (a fresh permutation per epoch)."""
-
-    def __init__(self, data: ClientData, batch_size: int, seed: int) -> None:
-        if data.num_train < 1:
-            raise ValueError(f"client {data.cid!r} has no training examples")
-        self.data = data
-        self.batch_size = min(batch_size, data.num_train)
-        self.rng = np.random.default_rng(seed)
-        self._order = np.arange(0)
-        self._pos = 0
-
-    def next(self) -> Any:
-        """The next mini-batch; a full-batch stream always returns every example in order."""
-        n = self.data.num_train
-        if self.batch_size == n:
-            return self.data.fetch(np.arange(n))
-        if self._pos + self.batch_size > len(self._order):
-            self._order = self.rng.permutation(n)
-            self._pos = 0
-        idx = self._order[self._pos : self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return self.data.fetch(idx)
-
-
-@dataclass(frozen=True)
-class Payload:
-    """The only thing a client sends to the server."""
-
-    cid: str
-    round: int
-    tensors: Mapping[str, Tensor]
-    num_examples: int
-    metrics: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def num_parameters(self) -> int:
-        """Scalars sent."""
-        return sum(t.numel() for t in self.tensors.values())
-
-    @property
-    def num_bytes(self) -> int:
-        """Bytes sent (tensor payload only)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-
-class FederationConfig(BaseModel):
-    """How the federation runs, independent of the algorithm."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rounds: PositiveInt = 10
-    local_steps: PositiveInt = 10
-    batch_size: PositiveInt = 16
-    client_fraction: float = Field(1.0, gt=0.0, le=1.0)
-    aggregation: Literal["uniform", "num_examples"] = "uniform"
-    eval_every: int = Field(1, ge=0)
-    """Evaluate every this many rounds (0: only after the last round)."""
-    seed: int = 0
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed determined by ``parts`` (independent streams per round/client/purpose)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
+from pf2lora.algorithms.base import Algorithm, ClientState, spec_of
+from pf2lora.errors import DivergenceError
+from pf2lora.federation import (
+    BatchStream,
+    ClientData,
+    FederationConfig,
+    History,
+    Payload,
+    PrivacyError,
+    aggregation_weights,
+    check_payload,
+    derive_seed,
+    sample_clients,
+)
 
 Evaluator = Callable[[AdaptedModel, Params, ClientData], dict[str, float]]
 
-
-@dataclass
-class History:
-    """Rows of a run: ``train`` (per round and client), ``eval`` (per evaluation and client), ``rounds``."""
-
-    train: list[dict[str, Any]] = field(default_factory=list)
-    eval: list[dict[str, Any]] = field(default_factory=list)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+#: Version of the :meth:`Simulation.state_dict` layout.
+STATE_FORMAT = 1
 
 
 class Simulation:
@@ -164,10 +60,14 @@ class Simulation:
         self.model, self.algorithm, self.clients, self.config = model, algorithm, list(clients), config
         self.evaluator = evaluator
         self.eval_clients = list(eval_clients) if eval_clients is not None else self.clients
-        self._communicable = set(model.common_names)
-        self._private = set(model.private_names)
+        self.communicated = algorithm.communicated(model)
+        self.private = algorithm.private(model)
+        overlap = set(self.communicated) & set(self.private)
+        if overlap:
+            raise ValueError(f"{algorithm.name} declares {sorted(overlap)[0]!r} both communicated and private")
         seed = config.seed
         self.global_state: Params = algorithm.init_global(model, torch.Generator().manual_seed(seed))
+        self._check_global(self.global_state, "init_global")
         self.states: dict[str, ClientState] = {}
         self.streams: dict[str, BatchStream] = {}
         for i, c in enumerate(self.clients):
@@ -175,47 +75,47 @@ class Simulation:
             self.states[c.cid] = algorithm.init_client(model, i, len(self.clients), gen)
             self.streams[c.cid] = BatchStream(c, config.batch_size, derive_seed(seed, 2, i))
         self.round = 0
+        self.history = History()
+
+    def _check_global(self, state: Params, where: str) -> None:
+        if set(state) != set(self.communicated):
+            extra = sorted(set(state) ^ set(self.communicated))
+            raise PrivacyError(
+                f"{self.algorithm.name}: {where} global state differs from the declaration at {extra[0]!r}"
+            )
 
     def warm_start(self, global_state: Params | None = None, private: Mapping[str, Params] | None = None) -> None:
         """Replace the initial global state and/or some clients' private adapters (before round 1)."""
         if self.round:
             raise RuntimeError("warm_start must come before the first round")
         if global_state is not None:
-            unknown = set(global_state) - self._communicable
+            unknown = set(global_state) - set(self.communicated)
             if unknown:
-                raise KeyError(f"warm_start global_state has non-common tensors: {sorted(unknown)}")
+                raise KeyError(f"warm_start global_state has non-communicated tensors: {sorted(unknown)}")
             self.global_state = {k: v.detach().clone() for k, v in global_state.items()}
         for cid, tensors in (private or {}).items():
-            unknown = set(tensors) - self._private
+            unknown = set(tensors) - set(self.private)
             if unknown:
                 raise KeyError(f"warm_start private state of {cid!r} has non-private tensors: {sorted(unknown)}")
             self.states[cid].private = {k: v.detach().clone() for k, v in tensors.items()}
 
-    def check_payload(self, payload: Payload) -> None:
-        """Refuse a payload holding a private or unknown tensor name."""
-        for name in payload.tensors:
-            if name in self._private:
-                raise PrivacyError(f"client {payload.cid} tried to send private tensor {name!r}")
-            if name not in self._communicable:
-                raise PrivacyError(f"client {payload.cid} sent unknown tensor {name!r}")
+    def check_payload(self, payload: Payload, broadcast: Mapping[str, Any]) -> None:
+        """Enforce the algorithm's declaration on an upload (see :func:`pf2lora.federation.check_payload`)."""
+        expected = self.algorithm.upload_spec(spec_of(broadcast), self.states[payload.cid])
+        check_payload(payload, expected, self.private, self.algorithm.metric_names, self.algorithm.name)
 
     def sample_clients(self, rnd: int) -> list[int]:
         """Indices of this round's participants (all of them at fraction 1)."""
-        m = len(self.clients)
-        k = max(1, math.ceil(self.config.client_fraction * m))
-        if k == m:
-            return list(range(m))
-        rng = np.random.default_rng(derive_seed(self.config.seed, 3, rnd))
-        return sorted(rng.choice(m, size=k, replace=False).tolist())
+        return sample_clients(len(self.clients), self.config.client_fraction, self.config.seed, rnd)
 
-    def run_round(self, history: History, on_client: Callable[[dict[str, Any]], None] | None = None) -> list[Payload]:
-        """One round: broadcast, local updates, aggregation; appends train rows to ``history``."""
-        self.round += 1
-        rnd, cfg = self.round, self.config
+    def run_round(self, on_client: Callable[[dict[str, Any]], None] | None = None) -> list[Payload]:
+        """One round: broadcast, local updates, aggregation; appends train rows to ``self.history``."""
+        rnd, cfg, history = self.round + 1, self.config, self.history
         t0 = time.perf_counter()
         download = sum(t.numel() for t in self.global_state.values())
         download_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
         payloads: list[Payload] = []
+        rows: list[dict[str, Any]] = []
         self.model.net.train()
         for i in self.sample_clients(rnd):
             client = self.clients[i]
@@ -226,9 +126,9 @@ class Simulation:
                 self.model, received, self.states[client.cid], self.streams[client.cid], cfg.local_steps
             )
             payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
-            self.check_payload(payload)
+            self.check_payload(payload, self.global_state)
             payloads.append(payload)
-            history.train.append(
+            rows.append(
                 {
                     "round": rnd,
                     "step": rnd * cfg.local_steps,
@@ -242,13 +142,13 @@ class Simulation:
                 }
             )
             if on_client is not None:
-                on_client(history.train[-1])
-        if cfg.aggregation == "uniform":
-            weights = [1.0 / len(payloads)] * len(payloads)
-        else:
-            total = sum(p.num_examples for p in payloads)
-            weights = [p.num_examples / total for p in payloads]
-        self.global_state = self.algorithm.aggregate(self.global_state, [dict(p.tensors) for p in payloads], weights)
+                on_client(rows[-1])
+        weights = aggregation_weights(payloads, cfg.aggregation)
+        new_global = self.algorithm.aggregate(self.global_state, [dict(p.tensors) for p in payloads], weights)
+        self._check_global(new_global, f"round {rnd}: aggregate")
+        self.global_state = new_global
+        self.round = rnd
+        history.train.extend(rows)
         history.rounds.append(
             {
                 "round": rnd,
@@ -268,17 +168,27 @@ class Simulation:
         stream = BatchStream(client, self.config.batch_size, derive_seed(self.config.seed, 5, self.round, idx))
         return self.algorithm.personalize(self.model, self.global_state, self.states.get(client.cid), stream)
 
-    def evaluate(self, history: History) -> None:
+    def evaluated_params(self, client: ClientData) -> Params:
+        """Exactly the personalized values :meth:`evaluate` scores for ``client`` now (same seeding)."""
+        self.model.net.eval()
+        torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
+        return self.personalized(client)
+
+    def evaluate(self) -> None:
         """Evaluate every evaluation client's personalized model; appends eval rows."""
         if self.evaluator is None:
             return
-        self.model.net.eval()
         for client in self.eval_clients:
-            torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
-            params = self.personalized(client)
+            params = self.evaluated_params(client)
             with torch.no_grad():
                 metrics = self.evaluator(self.model, params, client)
-            history.eval.append(
+            bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+            if bad is not None:
+                raise DivergenceError(
+                    f"{self.algorithm.name}: round {self.round}, client {client.cid}: evaluation gave {bad} = "
+                    f"{metrics[bad]}; training diverged — the learning rate is the likely cause, lower it"
+                )
+            self.history.eval.append(
                 {"round": self.round, "step": self.round * self.config.local_steps, "client": client.cid, **metrics}
             )
 
@@ -287,15 +197,53 @@ class Simulation:
         on_round: Callable[[int, History], None] | None = None,
         on_client: Callable[[dict[str, Any]], None] | None = None,
     ) -> History:
-        """All rounds, evaluating at round 0, every ``eval_every`` rounds and after the last."""
-        history = History()
+        """The remaining rounds, evaluating at round 0, every ``eval_every`` rounds and after the last.
+
+        Starts after ``self.round``: a simulation restored by :meth:`load_state_dict` continues there.
+        """
         every = self.config.eval_every
-        if every:
-            self.evaluate(history)
-        for rnd in range(1, self.config.rounds + 1):
-            self.run_round(history, on_client)
+        if self.round == 0 and every and not self.history.eval:
+            self.evaluate()
+        for rnd in range(self.round + 1, self.config.rounds + 1):
+            self.run_round(on_client)
             if (every and rnd % every == 0) or rnd == self.config.rounds:
-                self.evaluate(history)
+                self.evaluate()
             if on_round is not None:
-                on_round(rnd, history)
-        return history
+                on_round(rnd, self.history)
+        return self.history
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The whole federation after ``self.round`` rounds: global state, every client's private and
+        optimizer state and batch position, the RNG, and the history (tensors and plain values only)."""
+        return {
+            "format": STATE_FORMAT,
+            "algorithm": self.algorithm.name,
+            "round": self.round,
+            "global": dict(self.global_state),
+            "clients": {
+                cid: {"state": self.states[cid].state_dict(), "stream": self.streams[cid].state_dict()}
+                for cid in self.states
+            },
+            "torch_rng": torch.get_rng_state(),
+            "history": {"train": self.history.train, "eval": self.history.eval, "rounds": self.history.rounds},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a simulation with the same config, algorithm and clients."""
+        if state.get("format") != STATE_FORMAT or state.get("algorithm") != self.algorithm.name:
+            raise ValueError(
+                f"checkpoint is of format {state.get('format')} for {state.get('algorithm')!r}; "
+                f"expected format {STATE_FORMAT} for {self.algorithm.name!r}"
+            )
+        if set(state["clients"]) != set(self.states):
+            raise ValueError("checkpoint holds different clients than this run")
+        self._check_global(state["global"], "checkpoint")
+        self.global_state = dict(state["global"])
+        for cid, client in state["clients"].items():
+            self.states[cid] = ClientState.from_state_dict(client["state"])
+            self.streams[cid].load_state_dict(client["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        self.round = int(state["round"])
+        h = state["history"]
+        self.history = History(list(h["train"]), list(h["eval"]), list(h["rounds"]))

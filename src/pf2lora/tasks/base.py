@@ -9,8 +9,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from pf2lora.adapters import AdaptedModel, Params
+from pf2lora.federation import ClientData
 from pf2lora.models import ModelKind
-from pf2lora.runtime.simulation import ClientData
 
 
 class Task(ABC):
@@ -29,8 +29,9 @@ class Task(ABC):
         """HF models return their task loss when the batch holds labels/positions."""
         return net(**batch).loss
 
+    @staticmethod
     @abstractmethod
-    def partition_keys(self, examples: Sequence[Any]) -> list[Any]:
+    def partition_keys(examples: Sequence[Any]) -> list[Any]:
         """Per-example labels (or natural groups) that partitioners split on."""
 
     @abstractmethod

@@ -10,8 +10,8 @@ import torch
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import TextExample
+from pf2lora.federation import ClientData
 from pf2lora.metrics import accuracy, matthews_corrcoef
-from pf2lora.runtime.simulation import ClientData
 from pf2lora.tasks.base import Task
 
 
@@ -24,7 +24,8 @@ class Classification(Task):
         super().__init__(tokenizer, settings)
         self.primary_metric = settings.metric
 
-    def partition_keys(self, examples: Sequence[TextExample]) -> list[int]:
+    @staticmethod
+    def partition_keys(examples: Sequence[TextExample]) -> list[int]:
         return [e.label for e in examples]
 
     def encode(self, examples: Sequence[TextExample]) -> list[dict[str, Any]]:

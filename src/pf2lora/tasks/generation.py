@@ -9,13 +9,15 @@ its references (BLEU, NIST, METEOR, ROUGE-L, CIDEr, TER).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import GenExample
+from pf2lora.errors import InputError
+from pf2lora.federation import ClientData
 from pf2lora.metrics import generation_metrics
-from pf2lora.runtime.simulation import ClientData
 from pf2lora.tasks.base import Task
 
 
@@ -25,24 +27,43 @@ class Generation(Task):
     kind = "causal_lm"
     primary_metric = "BLEU"
 
-    def partition_keys(self, examples: Sequence[GenExample]) -> list[str]:
+    @staticmethod
+    def partition_keys(examples: Sequence[GenExample]) -> list[str]:
         return [e.group for e in examples]
+
+    def __init__(self, tokenizer: Any, settings: Any) -> None:
+        super().__init__(tokenizer, settings)
+        try:
+            settings.prompt.format(source="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise InputError(f"task.prompt: {settings.prompt!r} is not a template with only {{source}} ({e})") from None
 
     def prompt(self, source: str) -> str:
         """The text the model continues."""
         return self.settings.prompt.format(source=source)
 
     def encode(self, examples: Sequence[GenExample]) -> list[dict[str, list[int]]]:
-        """One row per (source, reference): prompt tokens masked out of the labels."""
+        """One row per (source, reference): prompt tokens masked out of the labels.
+
+        A row whose target ``max_length`` cuts off entirely carries no loss (a batch of only such rows
+        would give a NaN loss): it is dropped, and if no row keeps a target token that is an input error.
+        """
         tok, max_len = self.tokenizer, self.settings.max_length
         rows = []
         for e in examples:
             prompt_ids = tok(self.prompt(e.source), add_special_tokens=False)["input_ids"]
             for ref in e.references:
                 target = tok(" " + ref.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                if len(prompt_ids) >= max_len:
+                    continue
                 ids = (prompt_ids + target)[:max_len]
                 labels = ([-100] * len(prompt_ids) + target)[:max_len]
                 rows.append({"input_ids": ids, "labels": labels})
+        if examples and not rows:
+            raise InputError(
+                f"task.max_length: {max_len} tokens leave no room for the target after the prompt "
+                f"(the shortest prompt here has {min(len(tok(self.prompt(e.source))['input_ids']) for e in examples)})"
+            )
         return rows
 
     def collate(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:

@@ -16,8 +16,8 @@ import torch
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import QAExample
+from pf2lora.federation import ClientData
 from pf2lora.metrics import squad_em_f1
-from pf2lora.runtime.simulation import ClientData
 from pf2lora.tasks.base import Task
 
 
@@ -27,7 +27,8 @@ class QuestionAnswering(Task):
     kind = "qa"
     primary_metric = "f1"
 
-    def partition_keys(self, examples: Sequence[QAExample]) -> list[str]:
+    @staticmethod
+    def partition_keys(examples: Sequence[QAExample]) -> list[str]:
         return [e.title for e in examples]
 
     def features(self, examples: Sequence[QAExample]) -> list[dict[str, Any]]:
