@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 from torch import Tensor, nn
 
 from pf2lora.adapters import AdaptedModel, add_two_level_lora
+
+#: The shared datasets (../shared/data beside the repository).
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class FixedBatches:
@@ -94,3 +99,42 @@ def bert_batch(g: torch.Generator, size: int = 8, length: int = 12) -> dict[str,
         "attention_mask": torch.ones(size, length, dtype=torch.long),
         "labels": torch.randint(0, 2, (size,), generator=g),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config for a tiny random BERT (local folder, MiniLM's tokenizer) on 96 SST-2 examples, 2 clients."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from pf2lora.models import minilm_path
+
+    root = tmp_path_factory.mktemp("resume")
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(root / "tiny-bert")
+    tok.save_pretrained(root / "tiny-bert")
+    config = {
+        "name": "resume-test",
+        "algorithm": "pf2lora",
+        "compare": ["pf2lora", "hetlora"],
+        "model": {"name": str(root / "tiny-bert")},
+        "data": {"dataset": "sst2", "data_dir": str(DATA), "max_examples": 96},
+        "partition": {"num_clients": 2},
+        "federation": {"rounds": 6, "local_steps": 3, "batch_size": 8, "eval_every": 2},
+        "lora": {"r": 4, "r_private": 2},
+        "task": {"max_length": 32},
+        "algorithms": {"pf2lora": {"lr": 5e-3, "lr_private": 0.1}, "hetlora": {"r_min": 2, "r_max": 4}},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -15,51 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TIMING = {"client_seconds", "seconds", "wall_seconds"}
 
 pytestmark = pytest.mark.skipif(not (DATA / "glue" / "SST-2").is_dir(), reason="needs ../shared/data")
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A config for a tiny random BERT (local folder, MiniLM's tokenizer) on 96 SST-2 examples, 2 clients."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from pf2lora.models import minilm_path
-
-    root = tmp_path_factory.mktemp("resume")
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=2,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(root / "tiny-bert")
-    tok.save_pretrained(root / "tiny-bert")
-    config = {
-        "name": "resume-test",
-        "algorithm": "pf2lora",
-        "compare": ["pf2lora", "hetlora"],
-        "model": {"name": str(root / "tiny-bert")},
-        "data": {"dataset": "sst2", "data_dir": str(DATA), "max_examples": 96},
-        "partition": {"num_clients": 2},
-        "federation": {"rounds": 6, "local_steps": 3, "batch_size": 8, "eval_every": 2},
-        "lora": {"r": 4, "r_private": 2},
-        "task": {"max_length": 32},
-        "algorithms": {"pf2lora": {"lr": 5e-3, "lr_private": 0.1}, "hetlora": {"r_min": 2, "r_max": 4}},
-    }
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def cli(*args: str) -> list[str]:

@@ -1,0 +1,157 @@
+"""Algorithms declare what they communicate, the runtime enforces it, and a new algorithm is one file + one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA, bert_batch, tiny_bert
+from typer.testing import CliRunner
+
+from pf2lora.algorithms import ALGORITHMS, make_algorithm
+from pf2lora.algorithms.base import ClientState, spec_of
+from pf2lora.algorithms.fedsa import FedSA
+from pf2lora.algorithms.homlora import HOMLoRA, HOMLoRAConfig
+from pf2lora.cli import app
+from pf2lora.errors import DivergenceError
+from pf2lora.federation import ClientData, FederationConfig, PrivacyError
+from pf2lora.runtime.simulation import Simulation
+
+
+def bert_clients(n: int) -> list[ClientData]:
+    out = []
+    for k in range(n):
+        g = torch.Generator().manual_seed(100 + k)
+        batches = [bert_batch(g, size=4) for _ in range(3)]
+        out.append(ClientData(str(k), 12, lambda idx, b=batches: b[int(idx[0]) // 4 % 3]))
+    return out
+
+
+def simulation(algorithm, r_private: int = 0, **fed) -> Simulation:
+    config = FederationConfig(**{"rounds": 1, "local_steps": 1, "batch_size": 4, **fed})
+    return Simulation(tiny_bert(r=4, r_private=r_private), algorithm, bert_clients(2), config)
+
+
+def test_fedsa_declares_a_shared_and_b_and_head_private():
+    sim = simulation(FedSA())
+    assert sim.communicated and all(n.endswith("lora_A") for n in sim.communicated)
+    assert any(n.endswith("lora_B") for n in sim.private) and "classifier.weight" in sim.private
+    sim.run()
+    # the B's and heads moved apart on the two clients; the A's are one global value
+    b0, b1 = (sim.states[c].private for c in ("0", "1"))
+    assert any(not torch.equal(b0[k], b1[k]) for k in b0)
+    assert set(sim.global_state) == set(sim.communicated)
+
+
+class LeakyFedSA(FedSA):
+    """Uploads its private B as well: the runtime must refuse it."""
+
+    def local_update(self, model, received, state, data, steps):
+        upload, metrics = super().local_update(model, received, state, data, steps)
+        b = next(k for k in state.private if k.endswith("lora_B"))
+        return {**upload, b: state.private[b]}, metrics
+
+
+def test_a_fedsa_upload_of_b_is_refused():
+    with pytest.raises(PrivacyError, match=r"fedsa: client 0, round 1: .*client-private tensor '.*lora_B'"):
+        simulation(LeakyFedSA()).run()
+
+
+def _tamper(change):
+    class Tampered(HOMLoRA):
+        def local_update(self, model, received, state, data, steps):
+            upload, metrics = super().local_update(model, received, state, data, steps)
+            return change(upload, metrics)
+
+    return Tampered()
+
+
+def _first_a(upload):
+    return next(k for k in upload if k.endswith("lora_A"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda u, m: ({**u, _first_a(u): u[_first_a(u)][:2]}, m), "shape"),
+        (lambda u, m: ({**u, _first_a(u): u[_first_a(u)].double()}, m), "dtype"),
+        (lambda u, m: ({k: v for k, v in u.items() if k != _first_a(u)}, m), "lacks the declared tensor"),
+        (lambda u, m: ({**u, "bert.pooler.dense.weight": torch.zeros(32, 32)}, m), "undeclared tensor"),
+        (lambda u, m: (u, {**m, "secret": 1.0}), "undeclared metric 'secret'"),
+        (lambda u, m: (u, {**m, "train_loss": "low"}), "not a number"),
+        (lambda u, m: (u, {**m, "train_loss": torch.tensor(0.5)}), "not a number"),
+    ],
+    ids=["shape", "dtype", "missing", "extra", "metric-name", "metric-type", "metric-tensor"],
+)
+def test_uploads_must_match_the_declaration(change, message):
+    with pytest.raises(PrivacyError, match=message) as info:
+        simulation(_tamper(change)).run()
+    assert "homlora: client 0, round 1" in str(info.value)
+
+
+def test_non_finite_training_is_a_divergence_naming_algorithm_round_and_client():
+    nan_loss = _tamper(lambda u, m: (u, {**m, "train_loss": float("nan")}))
+    with pytest.raises(DivergenceError, match=r"homlora: client 0, round 1: training diverged .*learning rate"):
+        simulation(nan_loss).run()
+    inf_tensor = _tamper(lambda u, m: ({**u, _first_a(u): u[_first_a(u)] * float("inf")}, m))
+    with pytest.raises(DivergenceError, match="non-finite values"):
+        simulation(inf_tensor).run()
+
+
+def test_hetlora_declares_its_truncated_rank():
+    sim = simulation(make_algorithm("hetlora", {"r_min": 1, "r_max": 4, "ranks": [2, 4]}))
+    broadcast = spec_of(sim.global_state)
+    spec = sim.algorithm.upload_spec(broadcast, ClientState(extra={"rank": 2}))
+    a = next(k for k in spec if k.endswith("lora_A"))
+    b = a[: -len("lora_A")] + "lora_B"
+    assert spec[a].shape == (2, broadcast[a].shape[1]) and spec[b].shape == (broadcast[b].shape[0], 2)
+    sim.run()  # client 0 uploads rank-2 factors, client 1 rank-4 ones: both as declared
+
+
+def test_checkpoint_state_round_trips_through_torch_load(tmp_path: Path):
+    sim = simulation(make_algorithm("pf2lora", {"lr_private": 0.1}), r_private=2, rounds=2)
+    sim.run_round()
+    torch.save(sim.state_dict(), tmp_path / "s.pt")
+    twin = simulation(make_algorithm("pf2lora", {"lr_private": 0.1}), r_private=2, rounds=2)
+    twin.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    sim.run()
+    twin.run()
+    for k in sim.global_state:
+        assert torch.equal(sim.global_state[k], twin.global_state[k])
+    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in sim.history.train]
+    assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in twin.history.train]
+
+
+class SharedHeadOnly(HOMLoRA):
+    """A toy algorithm defined outside the package: communicates A and B, keeps the head on the client."""
+
+    name = "toy_private_head"
+    display_name = "Toy (private head)"
+    Config = HOMLoRAConfig
+
+    def communicated(self, model):
+        return [n for n in model.common_names if n not in model.head_names]
+
+    def private(self, model):
+        return list(model.head_names)
+
+    def local_update(self, model, received, state, data, steps):
+        upload, metrics = super().local_update(model, {**received, **state.private}, state, data, steps)
+        state.private = {k: upload.pop(k) for k in list(upload) if k in model.head_names}
+        return upload, metrics
+
+
+@pytest.mark.skipif(not (DATA / "glue" / "SST-2").is_dir(), reason="needs ../shared/data")
+def test_a_new_algorithm_is_one_class_plus_one_registry_line(tiny_config: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(ALGORITHMS, SharedHeadOnly.name, SharedHeadOnly)  # the one registry line
+    short = ["--set", "federation.rounds=2"]
+    name = SharedHeadOnly.name
+    run = ["run", str(tiny_config), "--out", str(tmp_path / "r"), *short, "--algorithm", name]
+    result = CliRunner().invoke(app, run)
+    assert result.exit_code == 0, result.output
+    compare = ["compare", str(tiny_config), "--out", str(tmp_path / "c"), *short, "--algorithms", f"fedsa,{name}"]
+    result = CliRunner().invoke(app, compare)
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "c" / "table.md").read_text()
+    assert "| FedSA-LoRA |" in table and "| Toy (private head) |" in table
