@@ -72,22 +72,23 @@ def regression_batches(n: int, seed: int, dtype: torch.dtype = torch.float64, si
     ]
 
 
+#: Sizes of the tiny random BERT/RoBERTa encoders the unit tests build.
+TINY_ENCODER = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
 def tiny_bert(r: int = 4, r_private: int = 2, dropout: float = 0.1, seed: int = 0) -> AdaptedModel:
     """A 2-layer random BERT classifier with two-level LoRA on query/value."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
+    cfg = BertConfig(**TINY_ENCODER, num_labels=2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     net = BertForSequenceClassification(cfg)
     add_two_level_lora(net, ["query", "value"], r=r, r_private=r_private, alpha=2 * r, dropout=dropout)
     return AdaptedModel(net, lambda m, b: m(**b).loss, head_modules=["classifier"])

@@ -54,6 +54,7 @@ def sets(*items: str) -> list[str]:
 CASES = {
     "yaml in --set": (sets("compare=[pf2lora,homlora"), "compare"),
     "empty compare": (sets("compare=[]"), "compare"),
+    "duplicate in compare": (sets("compare=[pf2lora,pf2lora]"), "(from --set compare=[pf2lora,pf2lora])"),
     "data_dir not a string": (sets("data.data_dir=5"), "data.data_dir"),
     "r_private 0": (sets("lora.r_private=0"), "lora.r_private"),
     "more clients than data": (sets("partition.num_clients=40"), "num_clients"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_ENCODER
 from torch import Tensor, nn
 
 from pf2lora.adapters import AdaptedModel, add_two_level_lora, truncate_rank
@@ -23,48 +24,22 @@ TOL = 1e-5
 def _bert_cls() -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
-    return BertForSequenceClassification(
-        BertConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            num_labels=3,
-        )
-    )
+    return BertForSequenceClassification(BertConfig(**TINY_ENCODER, num_labels=3))
 
 
 def _bert_qa() -> nn.Module:
     from transformers import BertConfig, BertForQuestionAnswering
 
-    return BertForQuestionAnswering(
-        BertConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    )
+    return BertForQuestionAnswering(BertConfig(**TINY_ENCODER))
 
 
 def _roberta_cls() -> nn.Module:
     """Its classifier head is two Linears (``classifier.dense``, ``classifier.out_proj``)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
+    # RoBERTa's positions start after the padding index: 80 positions for 64-token inputs
     return RobertaForSequenceClassification(
-        RobertaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=80,
-            num_labels=2,
-        )
+        RobertaConfig(**{**TINY_ENCODER, "max_position_embeddings": 80}, num_labels=2)
     )
 
 

@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
@@ -35,7 +36,7 @@ def _root() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False, markup=True)
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False, markup=True)
     raise typer.Exit(code)
 
 

@@ -193,6 +193,18 @@ def finish_local_update(
     return {k: v.detach() for k, v in x.items()}, {"train_loss": sum(losses) / len(losses)}
 
 
+def first_order_steps(
+    model: AdaptedModel, params: Mapping[str, Tensor], opt: torch.optim.Optimizer, data: BatchSource, steps: int
+) -> list[float]:
+    """``steps`` optimizer steps on the task loss, training every leaf in ``params``; the per-step losses."""
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(params, data.next())
+        apply_step(opt, params, grad_dict(loss, params))
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def leaves(params: Mapping[str, Tensor]) -> Params:
     """Fresh leaf copies that require grad, for a client's local training."""
     return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}

@@ -23,9 +23,8 @@ from pf2lora.algorithms.base import (
     BatchSource,
     ClientState,
     OptimizedConfig,
-    apply_step,
     finish_local_update,
-    grad_dict,
+    first_order_steps,
     leaves,
     make_optimizer,
 )
@@ -55,10 +54,6 @@ class FedSA(Algorithm):
         c = self.config
         x, y = leaves(received), leaves(state.private)
         opt = make_optimizer(c.optimizer, {**x, **y}, c.lr, c.weight_decay, state.optimizer)
-        losses = []
-        for _ in range(steps):
-            loss = model.loss({**x, **y}, data.next())
-            apply_step(opt, {**x, **y}, grad_dict(loss, {**x, **y}))
-            losses.append(float(loss.detach()))
+        losses = first_order_steps(model, {**x, **y}, opt, data, steps)
         state.private = {k: v.detach() for k, v in y.items()}
         return finish_local_update(x, state, opt, losses)

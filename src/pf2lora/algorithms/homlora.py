@@ -12,9 +12,8 @@ from pf2lora.algorithms.base import (
     BatchSource,
     ClientState,
     OptimizedConfig,
-    apply_step,
     finish_local_update,
-    grad_dict,
+    first_order_steps,
     leaves,
     make_optimizer,
 )
@@ -38,9 +37,4 @@ class HOMLoRA(Algorithm):
         c = self.config
         x = leaves(received)
         opt = make_optimizer(c.optimizer, x, c.lr, c.weight_decay, state.optimizer)
-        losses = []
-        for _ in range(steps):
-            loss = model.loss(x, data.next())
-            apply_step(opt, x, grad_dict(loss, x))
-            losses.append(float(loss.detach()))
-        return finish_local_update(x, state, opt, losses)
+        return finish_local_update(x, state, opt, first_order_steps(model, x, opt, data, steps))
