@@ -83,6 +83,7 @@ def test_reproducer_is_one_line(case: str, tmp_path: Path) -> None:
     extra, needle = CASES[case]
     line = one_line_error(["compare", C, "--out", str(tmp_path / "x"), *T, *extra])
     assert needle in line
+    assert not (tmp_path / "x").exists()  # nothing is left behind: a corrected rerun needs no --overwrite
 
 
 def test_bad_config_files(tmp_path: Path) -> None:

@@ -264,17 +264,29 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
     return summaries
 
 
-def _start(config: Path, overrides: list[str], out: Path, resume: bool, overwrite: bool) -> tuple[Any, Any]:
-    """Validate the config and the output directory (before anything loads), then prepare the data."""
+@contextlib.contextmanager
+def _session(config: Path, overrides: list[str], out: Path, resume: bool, overwrite: bool) -> Iterator[Any]:
+    """Validate the config and ``--out`` (before anything loads), prepare the data, run the body.
+
+    An input error found later (a model or LoRA target that does not fit) removes what this new run wrote,
+    so a corrected rerun into the same ``--out`` needs no ``--overwrite``.
+    """
     from pf2lora.config import dump_config
+    from pf2lora.errors import InputError
     from pf2lora.experiment import prepare
-    from pf2lora.rundir import open_run_dir
+    from pf2lora.rundir import discard_new_run, open_run_dir
 
     cfg = _config(config, overrides)
-    open_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
-    _threads()
-    _quiet_transformers()
-    return cfg, prepare(cfg)
+    existed = out.exists()
+    resumed = open_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
+    try:
+        _threads()
+        _quiet_transformers()
+        yield prepare(cfg)
+    except InputError:
+        if not resumed:
+            discard_new_run(out, remove_dir=not existed)
+        raise
 
 
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")]
@@ -295,8 +307,9 @@ def run(
     """Run one algorithm of an experiment config."""
     with _errors(debug):
         overrides = (set_ or []) + ([f"algorithm={algorithm}"] if algorithm else [])
-        cfg, prepared = _start(config, overrides, out, resume, overwrite)
-        summary = _run_all(prepared, [cfg.algorithm], out, resume)[0]
+        with _session(config, overrides, out, resume, overwrite) as prepared:
+            summary = _run_all(prepared, [prepared.cfg.algorithm], out, resume)[0]
+        cfg = prepared.cfg
         mean = summary["final"]["mean"]
         value = mean.get(summary["metric"])
         console.print(
@@ -327,9 +340,10 @@ def compare(
         overrides = list(set_ or [])
         if algorithms is not None:
             overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
-        cfg, prepared = _start(config, overrides, out, resume, overwrite)
-        names = list(dict.fromkeys(cfg.compare))
-        summaries = _run_all(prepared, names, out, resume)
+        with _session(config, overrides, out, resume, overwrite) as prepared:
+            cfg = prepared.cfg
+            names = list(dict.fromkeys(cfg.compare))
+            summaries = _run_all(prepared, names, out, resume)
         table = comparison_table(cfg, summaries)
         write_text(out / "table.md", table)
         plot_comparison(out, names, summaries[0]["metric"])

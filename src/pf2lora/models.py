@@ -178,19 +178,29 @@ def load(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.name: cannot load {name!r} ({str(e).strip().splitlines()[0]})") from None
+        raise ConfigError(f"model.name: cannot load {name!r} ({_first_line(e)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if kind == "classification":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-    elif kind == "qa":
-        model = AutoModelForQuestionAnswering.from_pretrained(path, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    auto = {
+        "classification": AutoModelForSequenceClassification,
+        "qa": AutoModelForQuestionAnswering,
+        "causal_lm": AutoModelForCausalLM,
+    }[kind]
+    extra = {"num_labels": num_labels} if kind == "classification" else {}
+    try:
+        model = auto.from_pretrained(path, **extra, **kwargs)
+    except Exception as e:  # any failure here is the model files' (missing/corrupt weights, unknown architecture)
+        raise ConfigError(f"model.name: cannot load {name!r} as a {kind} model ({_first_line(e)})") from None
+    if kind == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if kind == "causal_lm":
         tokenizer.padding_side = "left"  # batched generation appends to the right end of every row
     return model, tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def target_modules(model: nn.Module) -> list[str]:

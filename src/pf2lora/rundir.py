@@ -81,3 +81,13 @@ def open_run_dir(out: Path, config_text: str, *, resume: bool, overwrite: bool) 
         return True
     write_text(marker, config_text)
     return False
+
+
+def discard_new_run(out: Path, remove_dir: bool) -> None:
+    """Remove what a new run wrote into ``out`` before its first checkpoint (and ``out`` itself if it created it)."""
+    if any(out.rglob("checkpoint/state.pt")):
+        return
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if remove_dir:
+        out.rmdir()
