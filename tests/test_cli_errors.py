@@ -151,3 +151,19 @@ def test_generation_prompt_longer_than_max_length() -> None:
     with pytest.raises(InputError, match=r"task\.max_length"):
         task.encode(examples)
     assert task.encode([GenExample("x", ["y"], "g")])  # a short prompt keeps its target
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    """Through the real entry point: missing arguments, unknown options and commands, unparsable values."""
+    import subprocess
+    import sys
+
+    for args in (
+        ["run"],
+        ["run", C, "--out", str(tmp_path / "x"), "--bogus"],
+        ["synthetic", "--out", str(tmp_path / "s"), "--seed", "abc"],
+        ["nosuchcommand"],
+    ):
+        done = subprocess.run([sys.executable, "-m", "pf2lora.cli", *args], capture_output=True, text=True)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, lines)

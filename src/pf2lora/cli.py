@@ -373,8 +373,25 @@ def export(
 
 
 def main() -> None:
-    """Entry point."""
-    app()
+    """Entry point: command-line usage errors are one ``error:`` line too (exit 2)."""
+    import sys
+
+    # click's UsageError, whether typer vendors click or uses the installed one
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as e:
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            console.print(ctx.get_help())
+            sys.exit(0)
+        command = ctx.command_path if ctx is not None else "pf2lora"
+        console.print(f"[red]error:[/red] {escape(e.format_message())} (see {command} --help)", soft_wrap=True)
+        code = 2
+    except typer.Abort:
+        console.print("[red]error:[/red] interrupted", soft_wrap=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
