@@ -75,6 +75,9 @@ CASES = {
     "encoder for generation": (sets("data.dataset=e2e", "compare=[homlora]"), "model.name"),
     "hetlora ranks": (sets("algorithms.hetlora.ranks=[8,8,8]"), "ranks"),
     "absurd learning rate": (sets("algorithms.pf2lora.lr=1e300"), "algorithms.pf2lora.lr"),
+    "second seed": (sets("federation.seed=3"), "federation.seed"),
+    "attention kernel": (sets("model.attn_implementation=fast"), "model.attn_implementation"),
+    "recursive alias": (sets("compare=&a [*a]"), "refers to itself"),
 }
 
 
@@ -90,7 +93,12 @@ def test_bad_config_files(tmp_path: Path) -> None:
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"name: caf\xe9\n")
     assert "latin.yaml" in one_line_error(["run", str(latin), "--out", str(tmp_path / "a")])
-    for text in ("1: 2\n", "[]\n", "federation: {rounds: 2}\nfederation: {rounds: 3}\n"):
+    for text in (
+        "1: 2\n",
+        "[]\n",
+        "federation: {rounds: 2}\nfederation: {rounds: 3}\n",
+        "compare: &a [pf2lora, *a]\n",
+    ):
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         assert "bad.yaml" in one_line_error(["run", str(bad), "--out", str(tmp_path / "b")])
@@ -151,6 +159,8 @@ def test_generation_prompt_longer_than_max_length() -> None:
     with pytest.raises(InputError, match=r"task\.max_length"):
         task.encode(examples)
     assert task.encode([GenExample("x", ["y"], "g")])  # a short prompt keeps its target
+    with pytest.raises(InputError, match=r"task\.prompt"):
+        Generation(tok, TaskSettings(prompt="Describe:"))
 
 
 def test_usage_errors_are_one_line(tmp_path: Path) -> None:

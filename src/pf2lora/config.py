@@ -42,7 +42,10 @@ class ModelSettings(_Strict):
     """Which pretrained model; ``name`` is ``minilm``, ``smollm2-135m``, a HF model id or a local path."""
 
     name: _NonEmptyStr = "minilm"
-    attn_implementation: _NonEmptyStr | None = None
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = (
+        None
+    )
+    """Attention kernel (default: the model's; eager where an algorithm takes exact second derivatives)."""
 
 
 class DataSettings(_Strict):
@@ -124,6 +127,20 @@ class ExperimentConfig(_Strict):
     lora: LoraSettings = LoraSettings()
     task: TaskSettings = TaskSettings()
     algorithms: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed(cls, data: Any) -> Any:
+        """The run has one seed, the top-level ``seed``: ``federation.seed`` follows it (or must equal it)."""
+        if not isinstance(data, dict) or not isinstance(data.get("federation", {}), dict):
+            return data
+        seed = data.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            return data  # field validation names the problem
+        federation = dict(data.get("federation") or {})
+        if federation.get("seed", seed) != seed:
+            raise ValueError(f"federation.seed: differs from seed ({seed}); set only the top-level seed")
+        return {**data, "federation": {**federation, "seed": seed}}
 
     @field_validator("compare")
     @classmethod
@@ -248,7 +265,29 @@ class _KeyProblem(yaml.MarkedYAMLError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader, refusing duplicate keys (plain YAML keeps the last one silently) and non-string keys."""
+    """YAML's safe loader, refusing duplicate keys (plain YAML keeps the last one silently), non-string keys,
+    and aliases that refer to themselves or multiply beyond reason (recursive or exponential structures)."""
+
+    MAX_ALIASES = 1000
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if not hasattr(self, "_open_anchors"):
+            self._open_anchors: set[str] = set()
+            self._aliases = 0
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if event.anchor in self._open_anchors or self._aliases > self.MAX_ALIASES:
+                why = "refers to itself" if event.anchor in self._open_anchors else "is one alias too many"
+                raise _KeyProblem(problem=f"alias *{event.anchor} {why}", problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.discard(anchor)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[str, int] = {}

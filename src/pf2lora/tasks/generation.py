@@ -37,6 +37,8 @@ class Generation(Task):
             settings.prompt.format(source="")
         except (KeyError, IndexError, ValueError) as e:
             raise InputError(f"task.prompt: {settings.prompt!r} is not a template with only {{source}} ({e})") from None
+        if "{source}" not in settings.prompt:
+            raise InputError(f"task.prompt: {settings.prompt!r} never shows the input: it needs {{source}}")
 
     def prompt(self, source: str) -> str:
         """The text the model continues."""
