@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from pf2lora.devices import to_device
+
 COMMON_SUFFIXES = ("lora_A", "lora_B")
 PRIVATE_SUFFIXES = ("lora_C", "lora_D")
 Params = dict[str, Tensor]
@@ -229,7 +231,7 @@ class AdaptedModel:
         p = dict(self.net.named_parameters())
         out: Params = {}
         for n in names:
-            t = torch.empty_like(p[n])
+            t = torch.empty_like(p[n], device="cpu")  # drawn on the CPU: the same values on every device
             suffix = n.rsplit(".", 1)[-1]
             if suffix in ("lora_A", "lora_C"):
                 kaiming_uniform_(t, generator)
@@ -237,18 +239,25 @@ class AdaptedModel:
                 t.zero_()
             else:
                 t.copy_(p[n].detach())
-            out[n] = t
+            out[n] = t.to(p[n].device)
         return out
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (batches are moved there on the way in)."""
+        return next(self.net.parameters()).device
 
     # ---- evaluation ----------------------------------------------------------------------------
     def loss(self, params: Mapping[str, Tensor], batch: Any) -> Tensor:
         """Task loss on ``batch`` with the given adapter/head values (others from the module)."""
         return torch.func.functional_call(
-            self._wrapper, {"net." + k: v for k, v in params.items()}, (batch,), strict=False
+            self._wrapper, {"net." + k: v for k, v in params.items()}, (to_device(batch, self.device),), strict=False
         )
 
     def call(self, params: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
         """Forward of the underlying network at the given adapter/head values."""
+        device = self.device
+        args, kwargs = to_device(args, device), to_device(kwargs, device)
         return torch.func.functional_call(self.net, dict(params), args, kwargs, strict=False)
 
     @contextlib.contextmanager

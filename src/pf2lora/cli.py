@@ -272,11 +272,13 @@ def _session(config: Path, overrides: list[str], out: Path, resume: bool, overwr
     so a corrected rerun into the same ``--out`` needs no ``--overwrite``.
     """
     from pf2lora.config import dump_config
+    from pf2lora.devices import resolve_device
     from pf2lora.errors import InputError
     from pf2lora.experiment import prepare
     from pf2lora.rundir import discard_new_run, open_run_dir
 
     cfg = _config(config, overrides)
+    resolve_device(cfg.federation.device)  # a device this machine lacks is an error before anything loads
     existed = out.exists()
     resumed = open_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
     try:
@@ -292,6 +294,9 @@ def _session(config: Path, overrides: list[str], out: Path, resume: bool, overwr
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace the earlier run in --out.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: the config's federation.device).")
+]
 
 
 @app.command()
@@ -300,6 +305,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Output directory.")],
     set_: SetOption = None,
     algorithm: Annotated[str | None, typer.Option(help="Algorithm (default: the config's).")] = None,
+    device: DeviceOption = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
     debug: DebugOption = False,
@@ -307,6 +313,7 @@ def run(
     """Run one algorithm of an experiment config."""
     with _errors(debug):
         overrides = (set_ or []) + ([f"algorithm={algorithm}"] if algorithm else [])
+        overrides += [f"federation.device={device}"] if device else []
         with _session(config, overrides, out, resume, overwrite) as prepared:
             summary = _run_all(prepared, [prepared.cfg.algorithm], out, resume)[0]
         cfg = prepared.cfg
@@ -326,6 +333,7 @@ def compare(
         str | None, typer.Option(help="Comma-separated (default: the config's compare list).")
     ] = None,
     set_: SetOption = None,
+    device: DeviceOption = None,
     resume: Annotated[
         bool, typer.Option(help="Continue: skip finished algorithms, resume the interrupted one.")
     ] = False,
@@ -337,7 +345,7 @@ def compare(
         from pf2lora.experiment import comparison_table, plot_comparison
         from pf2lora.io import write_text
 
-        overrides = list(set_ or [])
+        overrides = list(set_ or []) + ([f"federation.device={device}"] if device else [])
         if algorithms is not None:
             overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
         with _session(config, overrides, out, resume, overwrite) as prepared:

@@ -32,6 +32,7 @@ from pf2lora.data import (
     load_dataset,
     train_test_split_per_client,
 )
+from pf2lora.devices import resolve_device
 from pf2lora.errors import ConfigError, InputError
 from pf2lora.federation import ClientData, History, pool_clients
 from pf2lora.io import JsonlLog, atomic_write, write_json, write_jsonl, write_text
@@ -121,8 +122,10 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None) -> Prepared:
     return Prepared(cfg, task, clients, partition, _num_labels(examples))
 
 
-def build_model(cfg: ExperimentConfig, algorithm: Algorithm, task: Task, num_labels: int) -> AdaptedModel:
-    """The pretrained model with the two-level LoRA shape ``algorithm`` trains."""
+def build_model(
+    cfg: ExperimentConfig, algorithm: Algorithm, task: Task, num_labels: int, device: torch.device | None = None
+) -> AdaptedModel:
+    """The pretrained model with the LoRA shape ``algorithm`` trains, on ``device`` (default: the config's)."""
     lora = cfg.lora_for(algorithm.name)
     # Double backward needs eager/math attention: ask for eager where exact second derivatives are taken.
     attention = cfg.model.attn_implementation or ("eager" if algorithm.needs_exact_second_derivatives() else None)
@@ -138,6 +141,7 @@ def build_model(cfg: ExperimentConfig, algorithm: Algorithm, task: Task, num_lab
         add_two_level_lora(net, targets, lora.r, lora.r_private, lora.alpha, lora.alpha_private, lora.dropout)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"lora.target_modules: {e}") from None
+    net.to(device if device is not None else resolve_device(cfg.federation.device))
     return AdaptedModel(net, task.loss, heads, lora.head_group)
 
 
@@ -205,12 +209,12 @@ def run_algorithm(
     return summary
 
 
-def build_simulation(prepared: Prepared, name: str) -> Simulation:
+def build_simulation(prepared: Prepared, name: str, device: torch.device | None = None) -> Simulation:
     """The seeded model, algorithm and in-process federation of algorithm ``name`` on the prepared clients."""
     cfg, task = prepared.cfg, prepared.task
     seed_everything(cfg.seed)
     algorithm = make_algorithm(name, cfg.hyperparameters(name))
-    model = build_model(cfg, algorithm, task, prepared.num_labels)
+    model = build_model(cfg, algorithm, task, prepared.num_labels, device)
     fed, train_clients = cfg.federation, prepared.clients
     if algorithm.pools_client_data:
         # one client with everyone's data takes as many steps per round as all clients together
@@ -249,7 +253,7 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
         for p in out.iterdir()
     ):
         raise OutputError(f"--out {out}: holds files other than earlier exports; choose another folder")
-    sim = build_simulation(prepared, name)
+    sim = build_simulation(prepared, name, torch.device("cpu"))  # exporting is light work; any run exports here
     sim.load_state_dict(state)
     written = []
     for client in prepared.clients:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor
 
 from pf2lora.algorithms.base import StateSpec
+from pf2lora.devices import DEVICE_PATTERN
 from pf2lora.errors import DivergenceError
 
 
@@ -138,6 +139,10 @@ class FederationConfig(BaseModel):
     """Evaluate every this many rounds (0: only after the last round)."""
     checkpoint_every: PositiveInt = 1
     """Checkpoint the whole federation every this many rounds (and always after the last)."""
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    """Where to compute: ``auto`` (CUDA if present, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    offload_client_state: bool = False
+    """Keep clients' private and optimizer state in CPU memory between rounds (many clients, small device)."""
     seed: int = Field(0, ge=0, lt=2**63)
 
 

@@ -57,6 +57,12 @@ class ClientState:
         """Inverse of :meth:`state_dict`."""
         return cls(dict(state["private"]), dict(state["optimizer"]), dict(state["extra"]))
 
+    def to(self, device: torch.device | str) -> ClientState:
+        """This state with every tensor (adapter, optimizer moments) on ``device`` (itself if all are there)."""
+        from pf2lora.devices import to_device
+
+        return ClientState(to_device(self.private, device), to_device(self.optimizer, device), dict(self.extra))
+
 
 @dataclass(frozen=True)
 class TensorSpec:

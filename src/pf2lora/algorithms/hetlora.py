@@ -82,7 +82,7 @@ def _factor_pairs(params: Params) -> list[tuple[str, str]]:
 
 def tail_score(params: Params, start: int) -> torch.Tensor:
     """Σ_layers ‖B[:, start:]‖_F·‖A[start:, :]‖_F: the regularizer, and the pruning criterion."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(iter(params.values())).device)
     for a, b in _factor_pairs(params):
         total = total + torch.linalg.matrix_norm(params[b][:, start:]) * torch.linalg.matrix_norm(params[a][start:])
     return total

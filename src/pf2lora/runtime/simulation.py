@@ -21,6 +21,7 @@ import torch
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import Algorithm, ClientState, spec_of
+from pf2lora.devices import to_device
 from pf2lora.errors import DivergenceError
 from pf2lora.federation import (
     BatchStream,
@@ -66,13 +67,15 @@ class Simulation:
         if overlap:
             raise ValueError(f"{algorithm.name} declares {sorted(overlap)[0]!r} both communicated and private")
         seed = config.seed
+        # where clients' state waits between rounds: the compute device, or CPU memory when offloaded
+        self.home = torch.device("cpu") if config.offload_client_state else model.device
         self.global_state: Params = algorithm.init_global(model, torch.Generator().manual_seed(seed))
         self._check_global(self.global_state, "init_global")
         self.states: dict[str, ClientState] = {}
         self.streams: dict[str, BatchStream] = {}
         for i, c in enumerate(self.clients):
             gen = torch.Generator().manual_seed(derive_seed(seed, 1, i))
-            self.states[c.cid] = algorithm.init_client(model, i, len(self.clients), gen)
+            self.states[c.cid] = algorithm.init_client(model, i, len(self.clients), gen).to(self.home)
             self.streams[c.cid] = BatchStream(c, config.batch_size, derive_seed(seed, 2, i))
         self.round = 0
         self.history = History()
@@ -122,9 +125,11 @@ class Simulation:
             torch.manual_seed(derive_seed(cfg.seed, 4, rnd, i))
             tc = time.perf_counter()
             received = {k: v.clone() for k, v in self.global_state.items()}
+            state = self.states[client.cid].to(self.model.device)
             tensors, metrics = self.algorithm.local_update(
-                self.model, received, self.states[client.cid], self.streams[client.cid], cfg.local_steps
+                self.model, received, state, self.streams[client.cid], cfg.local_steps
             )
+            self.states[client.cid] = state.to(self.home)
             payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
             self.check_payload(payload, self.global_state)
             payloads.append(payload)
@@ -166,7 +171,10 @@ class Simulation:
         """Adapter values of ``client``'s personalized model under the current global state."""
         idx = next((i for i, c in enumerate(self.eval_clients) if c is client), 0)
         stream = BatchStream(client, self.config.batch_size, derive_seed(self.config.seed, 5, self.round, idx))
-        return self.algorithm.personalize(self.model, self.global_state, self.states.get(client.cid), stream)
+        state = self.states.get(client.cid)
+        return self.algorithm.personalize(
+            self.model, self.global_state, state.to(self.model.device) if state else None, stream
+        )
 
     def evaluated_params(self, client: ClientData) -> Params:
         """Exactly the personalized values :meth:`evaluate` scores for ``client`` now (same seeding)."""
@@ -220,9 +228,9 @@ class Simulation:
             "format": STATE_FORMAT,
             "algorithm": self.algorithm.name,
             "round": self.round,
-            "global": dict(self.global_state),
+            "global": to_device(self.global_state, "cpu"),
             "clients": {
-                cid: {"state": self.states[cid].state_dict(), "stream": self.streams[cid].state_dict()}
+                cid: {"state": self.states[cid].to("cpu").state_dict(), "stream": self.streams[cid].state_dict()}
                 for cid in self.states
             },
             "torch_rng": torch.get_rng_state(),
@@ -239,9 +247,9 @@ class Simulation:
         if set(state["clients"]) != set(self.states):
             raise ValueError("checkpoint holds different clients than this run")
         self._check_global(state["global"], "checkpoint")
-        self.global_state = dict(state["global"])
+        self.global_state = to_device(dict(state["global"]), self.model.device)
         for cid, client in state["clients"].items():
-            self.states[cid] = ClientState.from_state_dict(client["state"])
+            self.states[cid] = ClientState.from_state_dict(client["state"]).to(self.home)
             self.streams[cid].load_state_dict(client["stream"])
         torch.set_rng_state(state["torch_rng"])
         self.round = int(state["round"])

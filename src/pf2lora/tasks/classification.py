@@ -52,7 +52,7 @@ class Classification(Task):
         for start in range(0, len(rows), bs):
             batch = self.collate(rows[start : start + bs])
             out = model.call(params, **batch)
-            preds.append(out.logits.argmax(-1).numpy())
+            preds.append(out.logits.argmax(-1).cpu().numpy())
             losses.append(float(out.loss) * len(batch["labels"]))
         labels = np.array([r["labels"] for r in rows])
         pred = np.concatenate(preds) if preds else np.array([], dtype=int)

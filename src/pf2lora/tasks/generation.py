@@ -15,6 +15,7 @@ import torch
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import GenExample
+from pf2lora.devices import to_device
 from pf2lora.errors import InputError
 from pf2lora.federation import ClientData
 from pf2lora.metrics import generation_metrics
@@ -95,7 +96,9 @@ class Generation(Task):
         with model.use(params) as net:
             for start in range(0, len(sources), s.eval_batch_size):
                 prompts = [self.prompt(src) for src in sources[start : start + s.eval_batch_size]]
-                enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = to_device(
+                    dict(tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)), model.device
+                )
                 gen = net.generate(
                     **enc,
                     num_beams=s.num_beams,
@@ -104,7 +107,7 @@ class Generation(Task):
                     pad_token_id=tok.pad_token_id,
                     eos_token_id=tok.eos_token_id,
                 )
-                texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :].cpu(), skip_special_tokens=True)
                 out.extend(t.strip().split("\n")[0].strip() for t in texts)
         return out
 

@@ -91,7 +91,7 @@ class QuestionAnswering(Task):
         for start in range(0, len(feats), s.eval_batch_size):
             chunk = feats[start : start + s.eval_batch_size]
             out = model.call(params, **self.collate(chunk, labels=False))
-            for f, st, en in zip(chunk, out.start_logits.numpy(), out.end_logits.numpy(), strict=True):
+            for f, st, en in zip(chunk, out.start_logits.cpu().numpy(), out.end_logits.cpu().numpy(), strict=True):
                 ex = examples[f["example"]]
                 null[f["example"]] = min(null.get(f["example"], np.inf), float(st[0] + en[0]))
                 offs = f["context_offsets"]
