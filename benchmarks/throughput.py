@@ -1,0 +1,222 @@
+"""Throughput on whatever device is here: client-steps per second, framework overhead, memory per client, paper ETA.
+
+Prints, for the device ``auto`` resolves to (or ``--device``):
+
+1. client-steps per second of one federated round run by the in-process runtime at M = 1, 4, 8, 16 clients,
+   for HOMLoRA and PF2LoRA (``fd`` with ζ = π, ``fd`` independent, ``exact``), per model. Execution is
+   sequential (one client after the other); batched execution of all clients in one pass
+   (``federation.parallel_clients``) is not implemented yet, so that column says so;
+2. pf2lora's HOMLoRA step divided by a plain PEFT LoRA training step of the same model (framework overhead);
+3. peak memory (CPU: resident set; GPU: max allocated) after one round of M = 1, 32 and 1,000 PF2LoRA clients
+   of MiniLM with ``offload_client_state``, each M in a fresh process;
+4. the estimated wall time of the paper's Table 1 SST-2 run (8 clients, 100 rounds × 10 local steps, batch 16,
+   128 tokens) per algorithm on the RoBERTa-base-shaped model, from the measured sequential rate at M = 8
+   (training only; evaluation excluded).
+
+    .venv/bin/python benchmarks/throughput.py [--models minilm roberta-base-shaped smollm2]
+        [--clients 1 4 8 16] [--steps 2] [--batch 16] [--seq 128] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from pf2lora.adapters import AdaptedModel, add_two_level_lora
+from pf2lora.algorithms import make_algorithm
+from pf2lora.devices import resolve_device
+from pf2lora.federation import ClientData, FederationConfig
+from pf2lora.runtime.simulation import Simulation
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "homlora": ("homlora", {}),
+    "pf2lora fd ζ=π": ("pf2lora", {"hypergradient": "fd", "batches": "shared"}),
+    "pf2lora fd indep.": ("pf2lora", {"hypergradient": "fd", "batches": "independent"}),
+    "pf2lora exact": ("pf2lora", {"hypergradient": "exact", "batches": "independent"}),
+}
+
+
+def base_model(name: str) -> tuple[torch.nn.Module, int, list[str], Callable]:
+    """(frozen network, vocab size, LoRA targets, loss) of a benchmark model."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from pf2lora import models
+
+    torch.manual_seed(0)
+    if name == "minilm":
+        net, _ = models.load("minilm", "classification", 2)
+        return net, net.config.vocab_size, ["query", "value"], lambda m, b: m(**b).loss
+    if name == "smollm2":
+        net, _ = models.load("smollm2-135m", "causal_lm")
+        return net, net.config.vocab_size, ["q_proj", "v_proj"], lambda m, b: m(**b).loss
+    if name == "roberta-base-shaped":  # RoBERTa-base's shape with random weights (no hub here)
+        cfg = RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=2)
+        return RobertaForSequenceClassification(cfg), cfg.vocab_size, ["query", "value"], lambda m, b: m(**b).loss
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def adapted(name: str, r_private: int, device: torch.device) -> tuple[AdaptedModel, int, bool]:
+    """The benchmark model with LoRA r = 8 (+ r̃) on its targets, on ``device``."""
+    net, vocab, targets, loss = base_model(name)
+    add_two_level_lora(net, targets, r=8, r_private=r_private, alpha=16, dropout=0.05)
+    heads = [h for h in ("classifier",) if hasattr(net, h)]
+    net.to(device)
+    return AdaptedModel(net, loss, heads), vocab, name == "smollm2"
+
+
+def clients(m: int, vocab: int, causal: bool, args: argparse.Namespace) -> list[ClientData]:
+    """``m`` clients, each with ``4 × batch`` random token sequences."""
+    out = []
+    for k in range(m):
+        g = torch.Generator().manual_seed(k)
+        n = 4 * args.batch
+        ids = torch.randint(0, vocab, (n, args.seq), generator=g)
+        labels = ids.clone() if causal else torch.randint(0, 2, (n,), generator=g)
+
+        def fetch(idx, ids=ids, labels=labels):
+            return {"input_ids": ids[idx], "attention_mask": torch.ones_like(ids[idx]), "labels": labels[idx]}
+
+        out.append(ClientData(str(k), n, fetch))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def client_steps_per_second(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """Sequential client-steps/s of one round (after a warm-up round) per variant and M."""
+    hom, vocab, causal = adapted(name, 0, device)
+    two, _, _ = adapted(name, 2, device)
+    out: dict[str, list[float]] = {}
+    for label, (alg, cfg) in VARIANTS.items():
+        model = hom if alg == "homlora" else two
+        rates = []
+        for m in args.clients:
+            fed = FederationConfig(rounds=2, local_steps=args.steps, batch_size=args.batch, device=str(device))
+            sim = Simulation(model, make_algorithm(alg, cfg), clients(m, vocab, causal, args), fed)
+            sim.run_round()  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            sim.run_round()
+            _sync(device)
+            rates.append(m * args.steps / (time.perf_counter() - t0))
+        out[label] = rates
+    return out
+
+
+def peft_overhead(args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
+    """Seconds per step of pf2lora's HOMLoRA and of a plain PEFT LoRA training loop on MiniLM."""
+    import peft
+
+    model, vocab, causal = adapted("minilm", 0, device)
+    (client,) = clients(1, vocab, causal, args)
+    fed = FederationConfig(rounds=2, local_steps=args.steps, batch_size=args.batch, device=str(device))
+    sim = Simulation(model, make_algorithm("homlora", {"lr": 1e-3}), [client], fed)
+    sim.run_round()
+    _sync(device)
+    t0 = time.perf_counter()
+    sim.run_round()
+    _sync(device)
+    ours = (time.perf_counter() - t0) / args.steps
+
+    net, _, targets, _ = base_model("minilm")
+    lora = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=targets, task_type="SEQ_CLS")
+    plain = peft.get_peft_model(net, lora).to(device).train()
+    opt = torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=1e-3)
+    batches = [client.fetch(torch.arange(i * args.batch, (i + 1) * args.batch)) for i in range(4)]
+    times = []
+    for i in range(args.steps + 1):
+        batch = {k: v.to(device) for k, v in batches[i % 4].items()}
+        _sync(device)
+        t0 = time.perf_counter()
+        plain(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return ours, sum(times[1:]) / args.steps
+
+
+def memory_child(m: int, args: argparse.Namespace) -> None:
+    """One round of ``m`` offloaded MiniLM PF2LoRA clients (1 step, batch 2 × 16 tokens); print peak memory."""
+    device = resolve_device(args.device)
+    model, vocab, causal = adapted("minilm", 2, device)
+    small = argparse.Namespace(batch=2, seq=16)
+    fed = FederationConfig(rounds=1, local_steps=1, batch_size=2, device=str(device), offload_client_state=True)
+    sim = Simulation(model, make_algorithm("pf2lora"), clients(m, vocab, causal, small), fed)
+    sim.run_round()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    state = sum(
+        t.numel() * t.element_size()
+        for s in sim.states.values()
+        for t in [*s.private.values(), *(v for st in s.optimizer["state"].values() for v in st.values())]
+        if isinstance(t, torch.Tensor)
+    )
+    print(json.dumps({"clients": m, "peak_mib": peak, "state_mib": state / 2**20}))
+
+
+def main() -> None:
+    """Parse arguments, measure, print."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["minilm", "roberta-base-shaped", "smollm2"])
+    p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8, 16])
+    p.add_argument("--steps", type=int, default=2, help="local steps per client in the timed round")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--memory-clients", nargs="+", type=int, default=[1, 32, 1000])
+    p.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the freshly initialised heads' load reports are expected
+    hf_logging.disable_progress_bar()
+    if args.memory_child:
+        memory_child(args.memory_child, args)
+        return
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device: {device} ({name}), torch {torch.__version__}, batch {args.batch} × {args.seq} tokens")
+
+    rates_by_model = {}
+    for model in args.models:
+        rates = client_steps_per_second(model, args, device)
+        rates_by_model[model] = rates
+        print(f"\n{model}: client-steps/s, sequential (batched: not implemented yet)")
+        print(f"{'variant':20s}" + "".join(f"{'M=' + str(m):>10s}" for m in args.clients))
+        for label, rs in rates.items():
+            print(f"{label:20s}" + "".join(f"{r:10.3f}" for r in rs))
+
+    ours, plain = peft_overhead(args, device)
+    print(f"\nMiniLM step: pf2lora HOMLoRA {ours:.4f} s, plain PEFT LoRA {plain:.4f} s, ratio {ours / plain:.2f}")
+
+    print(f"\npeak memory after one round of offloaded MiniLM PF2LoRA clients ({device.type})")
+    print(f"{'clients':>8s} {'peak MiB':>10s} {'× M=1':>7s} {'client state MiB':>17s}")
+    first = None
+    for m in args.memory_clients:
+        cmd = [sys.executable, __file__, "--memory-child", str(m), "--device", args.device]
+        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        first = first or row["peak_mib"]
+        print(f"{m:8d} {row['peak_mib']:10.1f} {row['peak_mib'] / first:7.2f} {row['state_mib']:17.1f}")
+
+    if "roberta-base-shaped" in rates_by_model and 8 in args.clients:
+        print("\nestimated Table 1 SST-2 training time (8 clients × 100 rounds × 10 steps, RoBERTa-base shape)")
+        for label, rs in rates_by_model["roberta-base-shaped"].items():
+            seconds = 8 * 100 * 10 / rs[args.clients.index(8)]
+            print(f"{label:20s} {seconds / 60:10.1f} min (sequential)")
+
+
+if __name__ == "__main__":
+    main()
