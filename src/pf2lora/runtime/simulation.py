@@ -188,7 +188,7 @@ class Simulation:
             return
         for client in self.eval_clients:
             params = self.evaluated_params(client)
-            with torch.no_grad():
+            with torch.inference_mode():  # evaluation never feeds autograd: no version counters, no views
                 metrics = self.evaluator(self.model, params, client)
             bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
             if bad is not None:
