@@ -33,7 +33,7 @@ from pf2lora.data import (
     train_test_split_per_client,
 )
 from pf2lora.devices import resolve_device
-from pf2lora.errors import ConfigError, InputError
+from pf2lora.errors import ConfigError, InputError, OutputError
 from pf2lora.federation import ClientData, History, pool_clients
 from pf2lora.io import JsonlLog, atomic_write, write_json, write_jsonl, write_text
 from pf2lora.runtime.simulation import Simulation
@@ -181,7 +181,10 @@ def run_algorithm(
     state = checkpoint.load(out)
     elapsed = 0.0
     if state is not None:
-        sim.load_state_dict(state)
+        try:
+            sim.load_state_dict(state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # another run's, or a hand-edited, checkpoint
+            raise OutputError(f"{checkpoint.checkpoint_path(out)}: does not fit this run ({e})") from None
         elapsed = float(state.get("elapsed_seconds", 0.0))
     metrics_path = out / "metrics.jsonl"
     write_jsonl(metrics_path, _rows(name, sim.history, 0, sim.round))
@@ -230,7 +233,6 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
     values the run's own evaluation scored at that round.
     """
     from pf2lora.config import load_config
-    from pf2lora.errors import OutputError
     from pf2lora.export import export_peft_adapter, peft_task_type
 
     state = checkpoint.load(run_dir)
@@ -254,7 +256,10 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
     ):
         raise OutputError(f"--out {out}: holds files other than earlier exports; choose another folder")
     sim = build_simulation(prepared, name, torch.device("cpu"))  # exporting is light work; any run exports here
-    sim.load_state_dict(state)
+    try:
+        sim.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise OutputError(f"{checkpoint.checkpoint_path(run_dir)}: does not fit this run ({e})") from None
     written = []
     for client in prepared.clients:
         if client.cid in wanted:
