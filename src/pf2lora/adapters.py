@@ -69,7 +69,8 @@ class TwoLevelLoRALinear(nn.Module):
             (alpha_private if alpha_private is not None else r_private) / r_private if r_private else 0.0
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        dev, dt = weight.device, weight.dtype
+        # adapters train in the base's precision if that is fp32/fp64, else in fp32 (over a bf16/fp16 base)
+        dev, dt = weight.device, weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=dev, dtype=dt))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=dev, dtype=dt))
         if r_private:
@@ -90,9 +91,12 @@ class TwoLevelLoRALinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
         h = self.dropout(x)
-        out = out + self.scaling * ((h @ self.lora_A.t()) @ self.lora_B.t())
+        # Mixed precision: a bf16 base feeds the (fp32) adapters in their own dtype; each branch returns in the
+        # base's (both casts are no-ops in fp32, where the arithmetic is exactly the plain formula's).
+        h = h.to(self.lora_A.dtype)
+        out = out + (self.scaling * ((h @ self.lora_A.t()) @ self.lora_B.t())).to(out.dtype)
         if self.r_private:
-            out = out + self.scaling_private * ((h @ self.lora_C.t()) @ self.lora_D.t())
+            out = out + (self.scaling_private * ((h @ self.lora_C.t()) @ self.lora_D.t())).to(out.dtype)
         return out
 
     def delta_weight(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -219,6 +223,9 @@ class AdaptedModel:
         self.common_names = lora_common + (self.head_names if head_group == "common" else [])
         self.private_names = lora_private + (self.head_names if head_group == "private" else [])
         self.layers = lora_layers(net)
+        first = next(iter(self.layers.values()), None)
+        #: Precision of the frozen base (adapters may be fp32 over a bf16 base).
+        self.base_dtype: torch.dtype = first.base.weight.dtype if first is not None else torch.float32
 
     # ---- state -----------------------------------------------------------------------------
     def current(self, names: Iterable[str]) -> Params:

@@ -129,8 +129,11 @@ def build_model(
     lora = cfg.lora_for(algorithm.name)
     # Double backward needs eager/math attention: ask for eager where exact second derivatives are taken.
     attention = cfg.model.attn_implementation or ("eager" if algorithm.needs_exact_second_derivatives() else None)
-    net, _ = models.load(cfg.model.name, task.kind, num_labels, attention)
+    dtype = PRECISIONS[cfg.federation.precision]
+    net, _ = models.load(cfg.model.name, task.kind, num_labels, attention, dtype)
     heads = models.head_modules(net, task.kind)
+    if dtype != torch.float32:
+        keep_heads_fp32(net, heads)
     targets = lora.target_modules or models.target_modules(net)
     for t in targets:
         if any(t == h or t.startswith(h + ".") for h in heads):
@@ -143,6 +146,22 @@ def build_model(
         raise ConfigError(f"lora.target_modules: {e}") from None
     net.to(device if device is not None else resolve_device(cfg.federation.device))
     return AdaptedModel(net, task.loss, heads, lora.head_group)
+
+
+#: ``federation.precision`` → dtype of the frozen base.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def keep_heads_fp32(net: torch.nn.Module, heads: Sequence[str]) -> None:
+    """Trainable heads stay fp32 over a low-precision base: their weights are cast up and their inputs too."""
+
+    def upcast(module: torch.nn.Module, args: tuple) -> tuple:
+        return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+    for name in heads:
+        module = net.get_submodule(name)
+        module.float()
+        module.register_forward_pre_hook(upcast)
 
 
 def seed_everything(seed: int) -> None:

@@ -143,6 +143,8 @@ class FederationConfig(BaseModel):
     """Where to compute: ``auto`` (CUDA if present, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     offload_client_state: bool = False
     """Keep clients' private and optimizer state in CPU memory between rounds (many clients, small device)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """The frozen base's precision; adapters, heads, optimizer moments and hypergradients stay fp32."""
     seed: int = Field(0, ge=0, lt=2**63)
 
 

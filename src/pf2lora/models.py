@@ -160,9 +160,13 @@ def check(name: str, kind: ModelKind) -> None:
 
 
 def load(
-    name: str, kind: ModelKind, num_labels: int = 2, attn_implementation: str | None = None
+    name: str,
+    kind: ModelKind,
+    num_labels: int = 2,
+    attn_implementation: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, Any]:
-    """(model, tokenizer) for ``kind``; decoder tokenizers get a pad token and left padding."""
+    """(model in ``dtype``, tokenizer) for ``kind``; decoder tokenizers get a pad token and left padding."""
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForQuestionAnswering,
@@ -172,7 +176,7 @@ def load(
 
     check(name, kind)
     path = resolve(os.path.expanduser(name))
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

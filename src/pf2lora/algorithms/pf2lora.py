@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, PositiveFloat
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -50,6 +51,11 @@ from pf2lora.algorithms.base import (
     sq_norm,
 )
 
+#: Over a bf16 base the gradient difference must outgrow bf16 rounding (≈4e-3 relative): measured best (README).
+FD_C_BF16 = 1e-1
+#: Default finite-difference constant per frozen-base dtype (README, "Mixed precision": measured errors).
+FD_C = {torch.float64: 1e-3, torch.float32: 1e-3, torch.bfloat16: FD_C_BF16}
+
 
 class PF2LoRAConfig(OptimizedConfig):
     """Hyperparameters of PF2LoRA."""
@@ -58,8 +64,8 @@ class PF2LoRAConfig(OptimizedConfig):
     """α: SGD learning rate of the client adapter (lower level); also scales the hypergradient term."""
     hypergradient: Literal["exact", "fd"] = "fd"
     batches: Literal["independent", "shared"] = "independent"
-    fd_c: PositiveFloat = 1e-3
-    """Finite-difference step: ε = fd_c / ‖v‖."""
+    fd_c: PositiveFloat | None = None
+    """Finite-difference step: ε = fd_c / ‖v‖ (default per base precision: ``FD_C``)."""
 
 
 class PF2LoRA(Algorithm):
@@ -162,7 +168,7 @@ class PF2LoRA(Algorithm):
         vnorm = math.sqrt(float(sq_norm(v)))
         if vnorm == 0.0:
             return {k: t.new_zeros(t.shape) for k, t in x.items()}
-        eps = self.config.fd_c / vnorm
+        eps = (self.config.fd_c or FD_C[model.base_dtype]) / vnorm
 
         def grad_x_at(sign: float) -> Params:
             shifted = {k: (y[k] + sign * eps * v[k]).detach() for k in y}
