@@ -12,6 +12,7 @@ import yaml
 from torch import Tensor, nn
 
 from pf2lora.adapters import AdaptedModel, add_two_level_lora
+from pf2lora.federation import ClientData
 
 #: The shared datasets (../shared/data beside the repository).
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -100,6 +101,17 @@ def bert_batch(g: torch.Generator, size: int = 8, length: int = 12) -> dict[str,
         "attention_mask": torch.ones(size, length, dtype=torch.long),
         "labels": torch.randint(0, 2, (size,), generator=g),
     }
+
+
+def bert_clients(n: int, size: int = 24, seed: int = 0) -> list[ClientData]:
+    """``n`` clients of random BERT examples (client k holds size + k of them, cycling ``size`` distinct ones)."""
+    clients = []
+    for k in range(n):
+        data = bert_batch(torch.Generator().manual_seed(seed + k), size=size)
+        clients.append(
+            ClientData(str(k), size + k, lambda idx, d=data: {key: v[idx % size] for key, v in d.items()}, test=data)
+        )
+    return clients
 
 
 @pytest.fixture(scope="session")

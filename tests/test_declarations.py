@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA, bert_batch, tiny_bert
+from conftest import DATA, bert_clients, tiny_bert
 from typer.testing import CliRunner
 
 from pf2lora.algorithms import ALGORITHMS, make_algorithm
@@ -15,22 +15,13 @@ from pf2lora.algorithms.fedsa import FedSA
 from pf2lora.algorithms.homlora import HOMLoRA, HOMLoRAConfig
 from pf2lora.cli import app
 from pf2lora.errors import DivergenceError
-from pf2lora.federation import ClientData, FederationConfig, PrivacyError
+from pf2lora.federation import FederationConfig, PrivacyError
 from pf2lora.runtime.simulation import Simulation
-
-
-def bert_clients(n: int) -> list[ClientData]:
-    out = []
-    for k in range(n):
-        g = torch.Generator().manual_seed(100 + k)
-        batches = [bert_batch(g, size=4) for _ in range(3)]
-        out.append(ClientData(str(k), 12, lambda idx, b=batches: b[int(idx[0]) // 4 % 3]))
-    return out
 
 
 def simulation(algorithm, r_private: int = 0, **fed) -> Simulation:
     config = FederationConfig(**{"rounds": 1, "local_steps": 1, "batch_size": 4, **fed})
-    return Simulation(tiny_bert(r=4, r_private=r_private), algorithm, bert_clients(2), config)
+    return Simulation(tiny_bert(r=4, r_private=r_private), algorithm, bert_clients(2, seed=100), config)
 
 
 def test_fedsa_declares_a_shared_and_b_and_head_private():

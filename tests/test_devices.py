@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import bert_batch, tiny_bert
+from conftest import bert_clients, tiny_bert
 
 from pf2lora.algorithms import make_algorithm
 from pf2lora.algorithms.base import ClientState
 from pf2lora.devices import resolve_device, to_device
 from pf2lora.errors import ConfigError
-from pf2lora.federation import ClientData, FederationConfig
+from pf2lora.federation import FederationConfig
 from pf2lora.runtime.simulation import Simulation
 
 
@@ -56,15 +56,6 @@ def test_to_device_moves_nested_state():
     assert to_device((torch.ones(1), [torch.ones(1)], "x"), "meta")[1][0].device.type == "meta"
 
 
-def clients(n: int) -> list[ClientData]:
-    out = []
-    for k in range(n):
-        g = torch.Generator().manual_seed(50 + k)
-        batches = [bert_batch(g, size=4) for _ in range(3)]
-        out.append(ClientData(str(k), 12, lambda idx, b=batches: b[int(idx[0]) // 4 % 3]))
-    return out
-
-
 @pytest.mark.parametrize("alg", ["pf2lora", "hetlora", "fedsa"])
 def test_offloading_client_state_changes_no_number(alg):
     config = {"r_max": 4} if alg == "hetlora" else None
@@ -72,7 +63,7 @@ def test_offloading_client_state_changes_no_number(alg):
     for offload in (False, True):
         model = tiny_bert(r=4, r_private=2 if alg == "pf2lora" else 0)
         fed = FederationConfig(rounds=2, local_steps=2, batch_size=4, offload_client_state=offload)
-        sim = Simulation(model, make_algorithm(alg, config), clients(2), fed)
+        sim = Simulation(model, make_algorithm(alg, config), bert_clients(2, seed=50), fed)
         sim.run()
         runs.append(sim)
         assert all(t.device.type == "cpu" for s in sim.states.values() for t in s.private.values())

@@ -5,22 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import bert_batch, tiny_bert
+from conftest import bert_clients, tiny_bert
 
 from pf2lora.algorithms import make_algorithm
 from pf2lora.algorithms.base import Algorithm
 from pf2lora.federation import ClientData, FederationConfig, Payload, PrivacyError
 from pf2lora.runtime.simulation import Simulation
-
-
-def bert_clients(n: int, size: int = 24, seed: int = 0) -> list[ClientData]:
-    clients = []
-    for k in range(n):
-        data = bert_batch(torch.Generator().manual_seed(seed + k), size=size)
-        clients.append(
-            ClientData(str(k), size + k, lambda idx, d=data: {key: v[idx % size] for key, v in d.items()}, test=data)
-        )
-    return clients
 
 
 def accuracy(model, params, client):
