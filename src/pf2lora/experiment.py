@@ -171,13 +171,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rows(name: str, history: History, first: int, last: int) -> list[dict[str, Any]]:
-    """``metrics.jsonl`` rows of rounds ``first..last``: per round its training rows, then its evaluations."""
-    rows: list[dict[str, Any]] = []
-    for rnd in range(first, last + 1):
-        rows += [{"kind": "train", "algorithm": name, **r} for r in history.train if r["round"] == rnd]
-        rows += [{"kind": "eval", "algorithm": name, **r} for r in history.eval if r["round"] == rnd]
-    return rows
+def _rows(name: str, train: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` rows in file order: per round its training rows, then its evaluations (a stable sort)."""
+    rows = [{"kind": "train", "algorithm": name, **r} for r in train]
+    rows += [{"kind": "eval", "algorithm": name, **r} for r in evals]
+    return sorted(rows, key=lambda r: (r["round"], r["kind"] == "eval"))
 
 
 def run_algorithm(
@@ -200,21 +198,17 @@ def run_algorithm(
     state = checkpoint.load(out)
     elapsed = 0.0
     if state is not None:
-        try:
-            sim.load_state_dict(state)
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # another run's, or a hand-edited, checkpoint
-            raise OutputError(f"{checkpoint.checkpoint_path(out)}: does not fit this run ({e})") from None
+        checkpoint.restore(out, sim, state)
         elapsed = float(state.get("elapsed_seconds", 0.0))
     metrics_path = out / "metrics.jsonl"
-    write_jsonl(metrics_path, _rows(name, sim.history, 0, sim.round))
+    write_jsonl(metrics_path, _rows(name, sim.history.train, sim.history.eval))
     log = JsonlLog(metrics_path)
-    written = sim.round
+    written = [len(sim.history.train), len(sim.history.eval)]  # rows already in the file
     t0 = time.perf_counter()
 
     def after_round(rnd: int, history: History) -> None:
-        nonlocal written
-        log.append(_rows(name, history, 0 if written == 0 else written + 1, rnd))
-        written = rnd
+        log.append(_rows(name, history.train[written[0] :], history.eval[written[1] :]))
+        written[:] = len(history.train), len(history.eval)
         if rnd % cfg.federation.checkpoint_every == 0 or rnd == cfg.federation.rounds:
             checkpoint.save(out, {**sim.state_dict(), "elapsed_seconds": elapsed + time.perf_counter() - t0})
         if on_round is not None:
@@ -275,10 +269,7 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
     ):
         raise OutputError(f"--out {out}: holds files other than earlier exports; choose another folder")
     sim = build_simulation(prepared, name, torch.device("cpu"))  # exporting is light work; any run exports here
-    try:
-        sim.load_state_dict(state)
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise OutputError(f"{checkpoint.checkpoint_path(run_dir)}: does not fit this run ({e})") from None
+    checkpoint.restore(run_dir, sim, state)
     written = []
     for client in prepared.clients:
         if client.cid in wanted:

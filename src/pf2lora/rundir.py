@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pf2lora.checkpoint import CHECKPOINT_DIR, STATE_FILE
 from pf2lora.errors import OutputError
 from pf2lora.io import write_text
 
@@ -85,7 +86,7 @@ def open_run_dir(out: Path, config_text: str, *, resume: bool, overwrite: bool) 
 
 def discard_new_run(out: Path, remove_dir: bool) -> None:
     """Remove what a new run wrote into ``out`` before its first checkpoint (and ``out`` itself if it created it)."""
-    if any(out.rglob("checkpoint/state.pt")):
+    if any(out.rglob(f"{CHECKPOINT_DIR}/{STATE_FILE}")):
         return
     for p in out.iterdir():
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

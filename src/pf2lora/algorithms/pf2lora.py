@@ -51,10 +51,7 @@ from pf2lora.algorithms.base import (
     sq_norm,
 )
 
-#: Over a bf16 base the gradient difference must outgrow bf16 rounding (≈4e-3 relative): measured best (README).
-FD_C_BF16 = 1e-1
-#: Default finite-difference constant per frozen-base dtype (README, "Mixed precision": measured errors).
-FD_C = {torch.float64: 1e-3, torch.float32: 1e-3, torch.bfloat16: FD_C_BF16}
+FD_C = {torch.float64: 1e-3, torch.float32: 1e-3, torch.bfloat16: 1e-1}  # bf16: the difference must outgrow rounding
 
 
 class PF2LoRAConfig(OptimizedConfig):
