@@ -3,15 +3,14 @@
 Prints, for the device ``auto`` resolves to (or ``--device``):
 
 1. client-steps per second of one federated round run by the in-process runtime at M = 1, 4, 8, 16 clients,
-   for HOMLoRA and PF2LoRA (``fd`` with ζ = π, ``fd`` independent, ``exact``), per model. Execution is
-   sequential (one client after the other); batched execution of all clients in one pass
-   (``federation.parallel_clients``) is not implemented yet, so that column says so;
+   for HOMLoRA and PF2LoRA (``fd`` with ζ = π, ``fd`` independent, ``exact``), per model, executed
+   sequentially (``federation.parallel_clients: 1``) and batched (all M clients in one pass), with the ratio;
 2. pf2lora's HOMLoRA step divided by a plain PEFT LoRA training step of the same model (framework overhead);
 3. peak memory (CPU: resident set; GPU: max allocated) after one round of M = 1, 32 and 1,000 PF2LoRA clients
    of MiniLM with ``offload_client_state``, each M in a fresh process;
 4. the estimated wall time of the paper's Table 1 SST-2 run (8 clients, 100 rounds × 10 local steps, batch 16,
-   128 tokens) per algorithm on the RoBERTa-base-shaped model, from the measured sequential rate at M = 8
-   (training only; evaluation excluded).
+   128 tokens) per algorithm on the RoBERTa-base-shaped model, from the measured rates at M = 8 (training
+   only; evaluation excluded).
 
     .venv/bin/python benchmarks/throughput.py [--models minilm roberta-base-shaped smollm2]
         [--clients 1 4 8 16] [--steps 2] [--batch 16] [--seq 128] [--device auto]
@@ -26,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -35,6 +33,9 @@ from pf2lora.algorithms import make_algorithm
 from pf2lora.devices import resolve_device
 from pf2lora.federation import ClientData, FederationConfig
 from pf2lora.runtime.simulation import Simulation
+from pf2lora.tasks.base import Task
+from pf2lora.tasks.classification import Classification
+from pf2lora.tasks.generation import Generation
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "homlora": ("homlora", {}),
@@ -44,8 +45,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def base_model(name: str) -> tuple[torch.nn.Module, int, list[str], Callable]:
-    """(frozen network, vocab size, LoRA targets, loss) of a benchmark model."""
+def base_model(name: str) -> tuple[torch.nn.Module, int, list[str], type[Task]]:
+    """(frozen network, vocab size, LoRA targets, task whose loss it trains) of a benchmark model."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from pf2lora import models
@@ -53,23 +54,27 @@ def base_model(name: str) -> tuple[torch.nn.Module, int, list[str], Callable]:
     torch.manual_seed(0)
     if name == "minilm":
         net, _ = models.load("minilm", "classification", 2)
-        return net, net.config.vocab_size, ["query", "value"], lambda m, b: m(**b).loss
+        return net, net.config.vocab_size, ["query", "value"], Classification
     if name == "smollm2":
         net, _ = models.load("smollm2-135m", "causal_lm")
-        return net, net.config.vocab_size, ["q_proj", "v_proj"], lambda m, b: m(**b).loss
+        return net, net.config.vocab_size, ["q_proj", "v_proj"], Generation
     if name == "roberta-base-shaped":  # RoBERTa-base's shape with random weights (no hub here)
         cfg = RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=2)
-        return RobertaForSequenceClassification(cfg), cfg.vocab_size, ["query", "value"], lambda m, b: m(**b).loss
+        return RobertaForSequenceClassification(cfg), cfg.vocab_size, ["query", "value"], Classification
     raise SystemExit(f"unknown model {name!r}")
 
 
 def adapted(name: str, r_private: int, device: torch.device) -> tuple[AdaptedModel, int, bool]:
     """The benchmark model with LoRA r = 8 (+ r̃) on its targets, on ``device``."""
-    net, vocab, targets, loss = base_model(name)
+    net, vocab, targets, task = base_model(name)
     add_two_level_lora(net, targets, r=8, r_private=r_private, alpha=16, dropout=0.05)
     heads = [h for h in ("classifier",) if hasattr(net, h)]
     net.to(device)
-    return AdaptedModel(net, loss, heads), vocab, name == "smollm2"
+    return (
+        AdaptedModel(net, task.loss, heads, "common", task.loss_from_outputs, task.targets),
+        vocab,
+        task is Generation,
+    )
 
 
 def clients(m: int, vocab: int, causal: bool, args: argparse.Namespace) -> list[ClientData]:
@@ -93,23 +98,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def client_steps_per_second(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
-    """Sequential client-steps/s of one round (after a warm-up round) per variant and M."""
+def client_steps_per_second(
+    name: str, args: argparse.Namespace, device: torch.device
+) -> dict[str, dict[str, list[float]]]:
+    """Client-steps/s of one round (after a warm-up round) per variant, execution (sequential, batched) and M.
+
+    The two executions of a variant and M alternate over ``args.repeats`` rounds each and the median is kept,
+    so load from elsewhere on the machine hits both alike.
+    """
     hom, vocab, causal = adapted(name, 0, device)
     two, _, _ = adapted(name, 2, device)
-    out: dict[str, list[float]] = {}
+    out: dict[str, dict[str, list[float]]] = {}
     for label, (alg, cfg) in VARIANTS.items():
         model = hom if alg == "homlora" else two
-        rates = []
+        rates: dict[str, list[float]] = {"sequential": [], "batched": []}
         for m in args.clients:
-            fed = FederationConfig(rounds=2, local_steps=args.steps, batch_size=args.batch, device=str(device))
-            sim = Simulation(model, make_algorithm(alg, cfg), clients(m, vocab, causal, args), fed)
-            sim.run_round()  # warm-up
-            _sync(device)
-            t0 = time.perf_counter()
-            sim.run_round()
-            _sync(device)
-            rates.append(m * args.steps / (time.perf_counter() - t0))
+            sims = {}
+            for mode, parallel in (("sequential", 1), ("batched", None)):
+                fed = FederationConfig(
+                    rounds=args.repeats + 1,
+                    local_steps=args.steps,
+                    batch_size=args.batch,
+                    device=str(device),
+                    parallel_clients=parallel,
+                )
+                sims[mode] = Simulation(model, make_algorithm(alg, cfg), clients(m, vocab, causal, args), fed)
+                sims[mode].run_round()  # warm-up
+            times: dict[str, list[float]] = {"sequential": [], "batched": []}
+            for _ in range(args.repeats):
+                for mode, sim in sims.items():
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    sim.run_round()
+                    _sync(device)
+                    times[mode].append(time.perf_counter() - t0)
+            for mode in sims:
+                rates[mode].append(m * args.steps / statistics.median(times[mode]))
         out[label] = rates
     return out
 
@@ -192,6 +216,7 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=["minilm", "roberta-base-shaped", "smollm2"])
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8, 16])
     p.add_argument("--steps", type=int, default=2, help="local steps per client in the timed round")
+    p.add_argument("--repeats", type=int, default=1, help="timed rounds per execution (median kept)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--device", default="auto")
@@ -214,10 +239,11 @@ def main() -> None:
     for model in args.models:
         rates = client_steps_per_second(model, args, device)
         rates_by_model[model] = rates
-        print(f"\n{model}: client-steps/s, sequential (batched: not implemented yet)")
-        print(f"{'variant':20s}" + "".join(f"{'M=' + str(m):>10s}" for m in args.clients))
+        print(f"\n{model}: client-steps/s, sequential / batched (× batched over sequential)")
+        print(f"{'variant':20s}" + "".join(f"{'M=' + str(m):>22s}" for m in args.clients))
         for label, rs in rates.items():
-            print(f"{label:20s}" + "".join(f"{r:10.3f}" for r in rs))
+            cells = (f"{s:.3f} / {b:.3f} ({b / s:.2f}×)" for s, b in zip(rs["sequential"], rs["batched"], strict=True))
+            print(f"{label:20s}" + "".join(f"{c:>22s}" for c in cells))
 
     ours, plain = peft_overhead(args, device)
     print(f"\nMiniLM step: pf2lora HOMLoRA {ours:.4f} s, plain PEFT LoRA {plain:.4f} s, ratio {ours / plain:.2f}")
@@ -233,15 +259,14 @@ def main() -> None:
         print(f"{m:8d} {row['peak_mib']:10.1f} {row['peak_mib'] / first:7.2f} {row['state_mib']:17.1f}")
 
     if "roberta-base-shaped" in rates_by_model:
-        # sequential execution: the rate barely depends on M, so the largest measured M stands in for M = 8
         m = 8 if 8 in args.clients else max(args.clients)
         print(
             "\nestimated Table 1 SST-2 training time (8 clients × 100 rounds × 10 steps, RoBERTa-base shape; "
-            f"rate at M={m})"
+            f"rates at M={m})"
         )
         for label, rs in rates_by_model["roberta-base-shaped"].items():
-            seconds = 8 * 100 * 10 / rs[args.clients.index(m)]
-            print(f"{label:20s} {seconds / 60:10.1f} min (sequential)")
+            s, b = (8 * 100 * 10 / rs[mode][args.clients.index(m)] / 60 for mode in ("sequential", "batched"))
+            print(f"{label:20s} {s:10.1f} min sequential {b:10.1f} min batched")
 
 
 if __name__ == "__main__":

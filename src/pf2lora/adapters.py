@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from pf2lora import execution
 from pf2lora.devices import to_device
 
 COMMON_SUFFIXES = ("lora_A", "lora_B")
@@ -94,9 +96,9 @@ class TwoLevelLoRALinear(nn.Module):
         # Mixed precision: a bf16 base feeds the (fp32) adapters in their own dtype; each branch returns in the
         # base's (both casts are no-ops in fp32, where the arithmetic is exactly the plain formula's).
         h = h.to(self.lora_A.dtype)
-        out = out + (self.scaling * ((h @ self.lora_A.t()) @ self.lora_B.t())).to(out.dtype)
+        out = out + (self.scaling * _low_rank(h, self.lora_A, self.lora_B)).to(out.dtype)
         if self.r_private:
-            out = out + (self.scaling_private * ((h @ self.lora_C.t()) @ self.lora_D.t())).to(out.dtype)
+            out = out + (self.scaling_private * _low_rank(h, self.lora_C, self.lora_D)).to(out.dtype)
         return out
 
     def delta_weight(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -115,6 +117,50 @@ class TwoLevelLoRALinear(nn.Module):
             f"r_private={self.r_private}, scaling={self.scaling:g}, "
             f"scaling_private={self.scaling_private:g}"
         )
+
+
+def _low_rank(h: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``h A^T B^T``; with factors stacked per client (``K×r×in``, ``K×out×r``), each client's rows use its own."""
+    if a.dim() == 2:
+        return (h @ a.t()) @ b.t()
+    segs = execution.segments()
+    if segs is None or len(segs) != a.shape[0]:
+        raise RuntimeError(f"{a.shape[0]} stacked adapters outside a batched pass of as many clients")
+    sizes = {s.stop - s.start for s in segs}
+    if len(sizes) == 1:  # equal rows per client: one batched matmul
+        hk = h.reshape(a.shape[0], -1, h.shape[-1])
+        return torch.bmm(torch.bmm(hk, a.transpose(1, 2)), b.transpose(1, 2)).reshape(*h.shape[:-1], b.shape[1])
+    return torch.cat([(h[s.start : s.stop] @ a[k].t()) @ b[k].t() for k, s in enumerate(segs)])
+
+
+def per_client_forward(module: nn.Module) -> None:
+    """Let ``module`` (a trainable head) run with parameters stacked per client, each client's rows with its own.
+
+    Outside a batched pass, or with plain parameters, the module's own forward runs unchanged. (A bound method,
+    so that copies of the model rebind it to themselves.)
+    """
+    module._plain_dims = {n: p.dim() for n, p in module.named_parameters()}  # type: ignore[assignment]
+    module.forward = types.MethodType(_head_forward, module)  # type: ignore[method-assign]
+
+
+def _head_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    dims: dict[str, int] = self._plain_dims  # type: ignore[assignment]
+    current = dict(self.named_parameters())
+    if all(current[n].dim() == d for n, d in dims.items()):
+        return type(self).forward(self, *args, **kwargs)
+    segs = execution.segments() or []
+    rows = segs[-1].stop if segs else -1
+
+    def part(v: Any, s: execution.Segment) -> Any:
+        return v[s.start : s.stop] if isinstance(v, Tensor) and v.dim() and v.shape[0] == rows else v
+
+    outs = []
+    for k in range(len(segs)):
+        own = {n: t[k] if t.dim() > dims[n] else t for n, t in current.items()}
+        with execution.one_client(k) as s:
+            args_k, kwargs_k = tuple(part(a, s) for a in args), {n: part(v, s) for n, v in kwargs.items()}
+            outs.append(torch.func.functional_call(self, own, args_k, kwargs_k))
+    return torch.cat(outs)
 
 
 def kaiming_uniform_(t: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -203,12 +249,17 @@ class AdaptedModel:
         loss_fn: Callable[[nn.Module, Any], Tensor],
         head_modules: Iterable[str] = (),
         head_group: Group = "common",
+        loss_from_outputs: Callable[[nn.Module, Any, Any], Tensor] | None = None,
+        targets: Sequence[str] = (),
     ) -> None:
         if head_group not in ("common", "private"):
             raise ValueError(f"head_group must be 'common' or 'private', got {head_group!r}")
         self.net = net
         self._wrapper = _LossModule(net, loss_fn)
         self.head_group: Group = head_group
+        #: ``loss_fn`` split in two, so that several clients' batches can share one forward pass: the keys of a
+        #: batch that are targets (not model inputs), and the loss of one client's slice of the outputs.
+        self.loss_from_outputs, self.targets = loss_from_outputs, tuple(targets)
         heads = tuple(head_modules)
         self.head_names: list[str] = []
         for name, p in net.named_parameters():
@@ -217,6 +268,10 @@ class AdaptedModel:
                 self.head_names.append(name)
         if heads and not self.head_names:
             raise ValueError(f"head_modules {list(heads)} matched no parameter of the model")
+        modules = dict(net.named_modules())
+        for h in heads:
+            if h in modules:
+                per_client_forward(modules[h])
         names = [n for n, _ in net.named_parameters()]
         lora_common = [n for n in names if n.rsplit(".", 1)[-1] in COMMON_SUFFIXES]
         lora_private = [n for n in names if n.rsplit(".", 1)[-1] in PRIVATE_SUFFIXES]

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +34,17 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceb
 @app.callback()
 def _root() -> None:
     """pf2lora: personalized federated fine-tuning with two-level LoRA."""
+
+
+def _warn(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """Warnings of ours are one ``warning:`` line; other libraries' keep Python's format."""
+    if str(message).startswith("federation."):
+        console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True, highlight=False)
+    else:
+        _show_warning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_show_warning = warnings.showwarning
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -386,6 +398,7 @@ def main() -> None:
 
     # click's UsageError, whether typer vendors click or uses the installed one
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    warnings.showwarning = _warn
     try:
         code = app(standalone_mode=False)
     except usage_error as e:

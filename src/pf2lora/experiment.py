@@ -145,7 +145,7 @@ def build_model(
     except (ValueError, TypeError) as e:
         raise ConfigError(f"lora.target_modules: {e}") from None
     net.to(device if device is not None else resolve_device(cfg.federation.device))
-    return AdaptedModel(net, task.loss, heads, lora.head_group)
+    return AdaptedModel(net, task.loss, heads, lora.head_group, task.loss_from_outputs, task.targets)
 
 
 #: ``federation.precision`` → dtype of the frozen base.

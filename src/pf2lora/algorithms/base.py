@@ -15,9 +15,8 @@ is one file plus one registry line.
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import Tensor
 
 from pf2lora.adapters import AdaptedModel, Params
+from pf2lora.execution import gradients
 
 
 class BatchSource(Protocol):
@@ -111,6 +111,9 @@ class Algorithm(ABC):
     uses_private_adapter: ClassVar[bool] = False
     #: The metrics a client may report with its upload (anything else is refused by the runtime).
     metric_names: ClassVar[tuple[str, ...]] = ("train_loss",)
+    #: Why this algorithm's clients cannot be trained in one batched pass (None: they can); runtimes then run
+    #: them one after another and say why.
+    batch_blocker: ClassVar[str | None] = None
 
     def __init__(self, config: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
         if config is None:
@@ -244,14 +247,7 @@ def grad_dict(
 ) -> Params:
     """∇ of ``loss`` w.r.t. each tensor in ``params`` (zeros where it does not depend on one)."""
     names = list(params)
-    grads = torch.autograd.grad(
-        loss,
-        [params[n] for n in names],
-        create_graph=create_graph,
-        retain_graph=retain_graph,
-        allow_unused=True,
-        materialize_grads=True,
-    )
+    grads = gradients(loss, [params[n] for n in names], create_graph=create_graph, retain_graph=retain_graph)
     return dict(zip(names, grads, strict=True))
 
 
@@ -263,28 +259,3 @@ def axpy(x: Mapping[str, Tensor], a: float, y: Mapping[str, Tensor]) -> Params:
 def sq_norm(x: Mapping[str, Tensor]) -> Tensor:
     """Σ‖x_i‖² over all tensors."""
     return sum((t.detach().double() ** 2).sum() for t in x.values())  # type: ignore[return-value]
-
-
-RNGState = tuple[Tensor, list[Tensor] | None]
-
-
-def rng_state() -> RNGState:
-    """Snapshot of torch's CPU (and, if used, CUDA) RNG, to replay identical dropout masks later."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
-
-
-def _set_rng_state(state: RNGState) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
-
-
-@contextlib.contextmanager
-def replay_randomness(state: RNGState) -> Iterator[None]:
-    """Run a block with the RNG at ``state`` (same dropout masks as then), then resume where we were."""
-    now = rng_state()
-    _set_rng_state(state)
-    try:
-        yield
-    finally:
-        _set_rng_state(now)

@@ -39,17 +39,15 @@ from pf2lora.algorithms.base import (
     BatchSource,
     ClientState,
     OptimizedConfig,
-    RNGState,
     apply_step,
     axpy,
     finish_local_update,
     grad_dict,
     leaves,
     make_optimizer,
-    replay_randomness,
-    rng_state,
     sq_norm,
 )
+from pf2lora.execution import RNGState, replay_randomness, rng_state
 
 FD_C = {torch.float64: 1e-3, torch.float32: 1e-3, torch.bfloat16: 1e-1}  # bf16: the difference must outgrow rounding
 

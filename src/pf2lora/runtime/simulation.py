@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from pf2lora.adapters import AdaptedModel, Params
@@ -35,8 +37,13 @@ from pf2lora.federation import (
     derive_seed,
     sample_clients,
 )
+from pf2lora.runtime.batched import Lockstep, batching_blocker
 
 Evaluator = Callable[[AdaptedModel, Params, ClientData], dict[str, float]]
+
+#: Clients per batched pass when ``federation.parallel_clients`` is not set: every sampled client of the paper's
+#: settings (8-100 clients at fraction ≤ 0.3), while a run of thousands of simulated clients goes in waves.
+AUTO_PARALLEL = 32
 
 #: Version of the :meth:`Simulation.state_dict` layout.
 STATE_FORMAT = 1
@@ -79,6 +86,21 @@ class Simulation:
             self.streams[c.cid] = BatchStream(c, config.batch_size, derive_seed(seed, 2, i))
         self.round = 0
         self.history = History()
+        blocker = (
+            batching_blocker(model, algorithm, self.clients[0].fetch(np.arange(1)))
+            if config.parallel_clients != 1
+            else None
+        )
+        #: The lockstep that batches clients' passes (None: clients run one after another).
+        self.lockstep = Lockstep(model) if blocker is None and config.parallel_clients != 1 else None
+        #: How clients execute, in words (shown by the CLI and kept in summaries).
+        self.execution = (
+            "one client at a time" + (f" ({blocker})" if blocker and config.parallel_clients != 1 else "")
+            if self.lockstep is None
+            else f"up to {config.parallel_clients or AUTO_PARALLEL} clients per batched pass"
+        )
+        if blocker and (config.parallel_clients or 1) > 1:
+            warnings.warn(f"federation.parallel_clients: clients run one at a time: {blocker}", stacklevel=2)
 
     def _check_global(self, state: Params, where: str) -> None:
         if set(state) != set(self.communicated):
@@ -120,34 +142,33 @@ class Simulation:
         payloads: list[Payload] = []
         rows: list[dict[str, Any]] = []
         self.model.net.train()
-        for i in self.sample_clients(rnd):
-            client = self.clients[i]
-            torch.manual_seed(derive_seed(cfg.seed, 4, rnd, i))
+        sampled = self.sample_clients(rnd)
+        wave = cfg.parallel_clients or AUTO_PARALLEL
+        for first in range(0, len(sampled), wave):
+            chunk = sampled[first : first + wave]
             tc = time.perf_counter()
-            received = {k: v.clone() for k, v in self.global_state.items()}
-            state = self.states[client.cid].to(self.model.device)
-            tensors, metrics = self.algorithm.local_update(
-                self.model, received, state, self.streams[client.cid], cfg.local_steps
-            )
-            self.states[client.cid] = state.to(self.home)
-            payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
-            self.check_payload(payload, self.global_state)
-            payloads.append(payload)
-            rows.append(
-                {
-                    "round": rnd,
-                    "step": rnd * cfg.local_steps,
-                    "client": client.cid,
-                    **metrics,
-                    "upload_params": payload.num_parameters,
-                    "upload_bytes": payload.num_bytes,
-                    "download_params": download,
-                    "download_bytes": download_bytes,
-                    "client_seconds": time.perf_counter() - tc,
-                }
-            )
-            if on_client is not None:
-                on_client(rows[-1])
+            results = self._local_updates(rnd, chunk)
+            seconds = (time.perf_counter() - tc) / len(chunk)  # clients of one batched pass share its time
+            for i, (tensors, metrics) in zip(chunk, results, strict=True):
+                client = self.clients[i]
+                payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
+                self.check_payload(payload, self.global_state)
+                payloads.append(payload)
+                rows.append(
+                    {
+                        "round": rnd,
+                        "step": rnd * cfg.local_steps,
+                        "client": client.cid,
+                        **metrics,
+                        "upload_params": payload.num_parameters,
+                        "upload_bytes": payload.num_bytes,
+                        "download_params": download,
+                        "download_bytes": download_bytes,
+                        "client_seconds": seconds,
+                    }
+                )
+                if on_client is not None:
+                    on_client(rows[-1])
         weights = aggregation_weights(payloads, cfg.aggregation)
         new_global = self.algorithm.aggregate(self.global_state, [dict(p.tensors) for p in payloads], weights)
         self._check_global(new_global, f"round {rnd}: aggregate")
@@ -167,38 +188,95 @@ class Simulation:
         )
         return payloads
 
-    def personalized(self, client: ClientData) -> Params:
+    def _batched(self, count: int) -> bool:
+        """Whether ``count`` clients go through the lockstep (always off the CPU, where its dropout streams are
+        the only ones that make batched and sequential runs agree; on the CPU one client runs plainly)."""
+        return self.lockstep is not None and (count > 1 or self.model.device.type != "cpu")
+
+    def _local_updates(self, rnd: int, chunk: Sequence[int]) -> list[tuple[Params, dict[str, float]]]:
+        """Local updates of the clients ``chunk`` (indices) from the current global state: (upload, metrics) each.
+
+        Each client's dropout comes from a seed of (seed, round, client) and its batches from its own stream,
+        so a client's update is the same whether it runs alone or batched with others.
+        """
+        cfg, device = self.config, self.model.device
+
+        def job(i: int) -> Callable[[AdaptedModel], tuple[Params, dict[str, float]]]:
+            cid = self.clients[i].cid
+
+            def update(model: AdaptedModel) -> tuple[Params, dict[str, float]]:
+                received = {k: v.clone() for k, v in self.global_state.items()}
+                state = self.states[cid].to(device)
+                out = self.algorithm.local_update(model, received, state, self.streams[cid], cfg.local_steps)
+                self.states[cid] = state.to(self.home)
+                return out
+
+            return update
+
+        if not self._batched(len(chunk)):
+            results = []
+            for i in chunk:
+                torch.manual_seed(derive_seed(cfg.seed, 4, rnd, i))
+                results.append(job(i)(self.model))
+            return results
+        assert self.lockstep is not None
+        generators = [torch.Generator(device).manual_seed(derive_seed(cfg.seed, 4, rnd, i)) for i in chunk]
+        return self.lockstep.run([job(i) for i in chunk], generators)
+
+    def _personalize(self, model: AdaptedModel, client: ClientData) -> Params:
         """Adapter values of ``client``'s personalized model under the current global state."""
         idx = next((i for i, c in enumerate(self.eval_clients) if c is client), 0)
         stream = BatchStream(client, self.config.batch_size, derive_seed(self.config.seed, 5, self.round, idx))
         state = self.states.get(client.cid)
         return self.algorithm.personalize(
-            self.model, self.global_state, state.to(self.model.device) if state else None, stream
+            model, self.global_state, state.to(self.model.device) if state else None, stream
         )
 
     def evaluated_params(self, client: ClientData) -> Params:
         """Exactly the personalized values :meth:`evaluate` scores for ``client`` now (same seeding)."""
         self.model.net.eval()
         torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
-        return self.personalized(client)
+        return self._personalize(self.model, client)
 
     def evaluate(self) -> None:
-        """Evaluate every evaluation client's personalized model; appends eval rows."""
+        """Evaluate every evaluation client's personalized model (batched like training); appends eval rows."""
         if self.evaluator is None:
             return
-        for client in self.eval_clients:
-            params = self.evaluated_params(client)
-            with torch.inference_mode():  # evaluation never feeds autograd: no version counters, no views
-                metrics = self.evaluator(self.model, params, client)
-            bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
-            if bad is not None:
-                raise DivergenceError(
-                    f"{self.algorithm.name}: round {self.round}, client {client.cid}: evaluation gave {bad} = "
-                    f"{metrics[bad]}; training diverged — the learning rate is the likely cause, lower it"
+        evaluator = self.evaluator
+        wave = self.config.parallel_clients or AUTO_PARALLEL
+        for first in range(0, len(self.eval_clients), wave):
+            chunk = self.eval_clients[first : first + wave]
+
+            def job(client: ClientData) -> Callable[[AdaptedModel], dict[str, float]]:
+                def score(model: AdaptedModel) -> dict[str, float]:
+                    params = self._personalize(model, client)
+                    with torch.inference_mode():  # evaluation never feeds autograd: no version counters, no views
+                        return evaluator(model, params, client)
+
+                return score
+
+            self.model.net.eval()
+            if self._batched(len(chunk)):
+                assert self.lockstep is not None
+                seed = derive_seed(self.config.seed, 6, self.round)
+                device = self.model.device
+                gens = [torch.Generator(device).manual_seed(seed) for _ in chunk]
+                results = self.lockstep.run([job(c) for c in chunk], gens)
+            else:
+                results = []
+                for c in chunk:
+                    torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
+                    results.append(job(c)(self.model))
+            for client, metrics in zip(chunk, results, strict=True):
+                bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+                if bad is not None:
+                    raise DivergenceError(
+                        f"{self.algorithm.name}: round {self.round}, client {client.cid}: evaluation gave {bad} = "
+                        f"{metrics[bad]}; training diverged — the learning rate is the likely cause, lower it"
+                    )
+                self.history.eval.append(
+                    {"round": self.round, "step": self.round * self.config.local_steps, "client": client.cid, **metrics}
                 )
-            self.history.eval.append(
-                {"round": self.round, "step": self.round * self.config.local_steps, "client": client.cid, **metrics}
-            )
 
     def run(
         self,

@@ -24,10 +24,19 @@ class Task(ABC):
         self.tokenizer = tokenizer
         self.settings = settings
 
+    #: Keys of a training batch that are targets of the loss, not inputs of the model.
+    targets: tuple[str, ...] = ("labels",)
+
     @staticmethod
     def loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """HF models return their task loss when the batch holds labels/positions."""
         return net(**batch).loss
+
+    @staticmethod
+    @abstractmethod
+    def loss_from_outputs(net: nn.Module, outputs: Any, batch: dict[str, Tensor]) -> Tensor:
+        """The same loss from the model's outputs on ``batch`` (HF's own loss function), so that several
+        clients' batches can share one forward pass and each still get its own loss."""
 
     @staticmethod
     @abstractmethod

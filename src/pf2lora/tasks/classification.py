@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import TextExample
@@ -23,6 +24,10 @@ class Classification(Task):
     def __init__(self, tokenizer: Any, settings: Any) -> None:
         super().__init__(tokenizer, settings)
         self.primary_metric = settings.metric
+
+    @staticmethod
+    def loss_from_outputs(net: Any, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ForSequenceClassificationLoss(batch["labels"], outputs.logits, net.config)
 
     @staticmethod
     def partition_keys(examples: Sequence[TextExample]) -> list[int]:

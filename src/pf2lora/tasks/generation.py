@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import GenExample
@@ -27,6 +28,10 @@ class Generation(Task):
 
     kind = "causal_lm"
     primary_metric = "BLEU"
+
+    @staticmethod
+    def loss_from_outputs(net: Any, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ForCausalLMLoss(outputs.logits, batch["labels"], vocab_size=net.config.vocab_size)
 
     @staticmethod
     def partition_keys(examples: Sequence[GenExample]) -> list[str]:

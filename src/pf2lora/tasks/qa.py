@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.loss.loss_utils import ForQuestionAnsweringLoss
 
 from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.data import QAExample
@@ -26,6 +27,14 @@ class QuestionAnswering(Task):
 
     kind = "qa"
     primary_metric = "f1"
+
+    targets = ("start_positions", "end_positions")
+
+    @staticmethod
+    def loss_from_outputs(net: Any, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return ForQuestionAnsweringLoss(
+            outputs.start_logits, outputs.end_logits, batch["start_positions"], batch["end_positions"]
+        )
 
     @staticmethod
     def partition_keys(examples: Sequence[QAExample]) -> list[str]:

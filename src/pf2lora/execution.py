@@ -1,0 +1,208 @@
+"""How a client's computation is executed: its own random stream, and gradients that an executor may batch.
+
+Algorithms take gradients with :func:`gradients` and snapshot/replay dropout masks with :func:`rng_state`
+and :func:`replay_randomness`. Run plainly, these are ``torch.autograd.grad`` and torch's global RNG (the
+sequential runtime seeds it per client). A runtime that trains several clients in one pass installs an
+:class:`Executor` in each client's thread and a generator per client: the same calls then go to that
+client's generator and to the executor, which takes every client's gradient in one backward pass. The
+algorithm's code is the same either way, and so are the numbers: :class:`ClientDraws` makes every dropout
+mask of a batched forward come from its client's generator in the order the client alone would draw it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_local = threading.local()
+
+
+class Executor(Protocol):
+    """Takes gradients on behalf of the client running in the current thread."""
+
+    def gradients(
+        self, loss: Tensor, tensors: Sequence[Tensor], create_graph: bool, retain_graph: bool | None
+    ) -> tuple[Tensor, ...]:
+        """``torch.autograd.grad(loss, tensors, ...)`` with unused inputs as zeros."""
+        ...
+
+
+@contextlib.contextmanager
+def running_client(generator: torch.Generator | None, executor: Executor | None = None) -> Iterator[None]:
+    """Run a block as one client: its dropout from ``generator``, its gradients through ``executor``."""
+    saved = getattr(_local, "generator", None), getattr(_local, "executor", None)
+    _local.generator, _local.executor = generator, executor
+    try:
+        yield
+    finally:
+        _local.generator, _local.executor = saved
+
+
+def client_generator() -> torch.Generator | None:
+    """The generator of the client running in this thread (None: torch's global RNG)."""
+    return getattr(_local, "generator", None)
+
+
+def gradients(
+    loss: Tensor, tensors: Sequence[Tensor], create_graph: bool = False, retain_graph: bool | None = None
+) -> tuple[Tensor, ...]:
+    """∇ of ``loss`` w.r.t. ``tensors`` (zeros where it does not depend on one), batched if an executor runs."""
+    executor = getattr(_local, "executor", None)
+    if executor is not None:
+        return executor.gradients(loss, tensors, create_graph, retain_graph)
+    return torch.autograd.grad(
+        loss,
+        list(tensors),
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+
+
+# ---- random streams ------------------------------------------------------------------------------------
+
+RNGState = tuple[Tensor, list[Tensor] | None]
+
+
+def rng_state() -> RNGState:
+    """Snapshot of this client's RNG (its generator, else torch's CPU and, if used, CUDA RNG)."""
+    gen = client_generator()
+    if gen is not None:
+        return gen.get_state(), None
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_rng_state(state: RNGState) -> None:
+    gen = client_generator()
+    if gen is not None:
+        gen.set_state(state[0])
+        return
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+@contextlib.contextmanager
+def replay_randomness(state: RNGState) -> Iterator[None]:
+    """Run a block with the RNG at ``state`` (same dropout masks as then), then resume where we were."""
+    now = rng_state()
+    _set_rng_state(state)
+    try:
+        yield
+    finally:
+        _set_rng_state(now)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The rows ``[start, stop)`` of a batched pass that belong to one client, whose own batch had ``length``
+    positions where the pass has ``padded`` (``length == padded`` when nothing was padded)."""
+
+    start: int
+    stop: int
+    length: int
+    padded: int
+
+
+aten = torch.ops.aten
+#: Ops that draw random numbers from the global generator; any other than these is refused in a batched pass.
+_RANDOM_OPS = {
+    aten.bernoulli.default,
+    aten.bernoulli.p,
+    aten.bernoulli_.Tensor,
+    aten.rand.default,
+    aten.rand_like.default,
+    aten.randn.default,
+    aten.randn_like.default,
+    aten.randint.low,
+    aten.randint.default,
+    aten.randperm.default,
+    aten.uniform_.default,
+    aten.normal_.default,
+    aten.exponential_.default,
+    aten.multinomial.default,
+}
+
+
+class ClientDraws(TorchDispatchMode):
+    """During one forward pass, draw each client's rows of every dropout mask from that client's generator.
+
+    Each client's mask is drawn with the shape its own batch would have given it (sequence dims of the padded
+    length shrink back to the client's length) and written into its rows, so the masks equal those of the
+    client's forward alone. ``bernoulli_`` (CPU dropout) and ``native_dropout`` (its fused CUDA kernel) are
+    redirected; any other draw from the global RNG cannot be attributed to a client and raises. The clients
+    are those of the current :func:`batched_pass` (narrowed to one inside :func:`one_client`).
+    """
+
+    def _fill(self, out: Tensor, p: float) -> Tensor:
+        segs, gens = _local.segments, _local.generators
+        rows = segs[-1].stop
+        if out.dim() == 0 or out.shape[0] != rows:
+            raise RuntimeError(
+                f"a dropout mask of shape {tuple(out.shape)} is not laid out by batch rows ({rows}); "
+                "this model cannot run several clients in one pass (set federation.parallel_clients: 1)"
+            )
+        for seg, gen in zip(segs, gens, strict=True):
+            part = out[seg.start : seg.stop]
+            shape = [seg.stop - seg.start] + [seg.length if d == seg.padded else d for d in part.shape[1:]]
+            mask = torch.empty(shape, dtype=out.dtype, device=out.device).bernoulli_(p, generator=gen)
+            if list(part.shape) == shape:
+                part.copy_(mask)
+            else:
+                part.fill_(1)
+                part[tuple(slice(0, n) for n in shape)].copy_(mask)
+        return out
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping[str, Any] | None = None):
+        kwargs = dict(kwargs or {})
+        if func is aten.bernoulli_.float and kwargs.get("generator") is None:
+            p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+            return self._fill(args[0], float(p))
+        if func is aten.native_dropout.default:
+            x, p, train = args[0], float(args[1]), args[2] if len(args) > 2 else kwargs.get("train")
+            if not train or p == 0.0:
+                return func(*args, **kwargs)
+            keep = self._fill(torch.empty_like(x), 1.0 - p)
+            return x * keep * (1.0 / (1.0 - p)), keep.bool()
+        if func in _RANDOM_OPS and kwargs.get("generator") is None:
+            raise RuntimeError(f"{func} draws from the global RNG inside a batched pass; it cannot be given per client")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def batched_pass(segments: Sequence[Segment], generators: Sequence[torch.Generator] | None) -> Iterator[None]:
+    """One forward pass over several clients' rows: adapters read :func:`segments`; dropout draws per client
+    (when ``generators`` are given: in training)."""
+    saved = getattr(_local, "segments", None), getattr(_local, "generators", None)
+    _local.segments, _local.generators = list(segments), list(generators) if generators is not None else None
+    try:
+        with ClientDraws() if generators is not None else contextlib.nullcontext():
+            yield
+    finally:
+        _local.segments, _local.generators = saved
+
+
+@contextlib.contextmanager
+def one_client(k: int) -> Iterator[Segment]:
+    """Inside a batched pass, a block that computes client ``k``'s rows alone (they start at row 0 there)."""
+    seg, gens = _local.segments[k], _local.generators
+    inner = Segment(0, seg.stop - seg.start, seg.length, seg.padded)
+    saved = _local.segments, gens
+    _local.segments, _local.generators = [inner], [gens[k]] if gens is not None else None
+    try:
+        yield seg
+    finally:
+        _local.segments, _local.generators = saved
+
+
+def segments() -> list[Segment] | None:
+    """The client segments of the batched pass running in this thread (None outside one)."""
+    return getattr(_local, "segments", None)
