@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_ENCODER
 from torch import Tensor
 
-from conftest import TINY_ENCODER
 from pf2lora.adapters import AdaptedModel, add_two_level_lora
 from pf2lora.algorithms import ALGORITHMS, make_algorithm
 from pf2lora.federation import ClientData, FederationConfig
