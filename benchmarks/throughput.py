@@ -13,7 +13,7 @@ Prints, for the device ``auto`` resolves to (or ``--device``):
    only; evaluation excluded).
 
     .venv/bin/python benchmarks/throughput.py [--models minilm roberta-base-shaped smollm2]
-        [--clients 1 4 8 16] [--steps 2] [--batch 16] [--seq 128] [--device auto]
+        [--clients 1 4 8 16] [--steps 2] [--batch 16] [--seq 128] [--device auto] [--variants homlora ...]
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def client_steps_per_second(
     two, _, _ = adapted(name, 2, device)
     out: dict[str, dict[str, list[float]]] = {}
     for label, (alg, cfg) in VARIANTS.items():
+        if args.variants and label not in args.variants:
+            continue
         model = hom if alg == "homlora" else two
         rates: dict[str, list[float]] = {"sequential": [], "batched": []}
         for m in args.clients:
@@ -217,6 +219,7 @@ def main() -> None:
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8, 16])
     p.add_argument("--steps", type=int, default=2, help="local steps per client in the timed round")
     p.add_argument("--repeats", type=int, default=1, help="timed rounds per execution (median kept)")
+    p.add_argument("--variants", nargs="*", default=[], help=f"some of: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--device", default="auto")

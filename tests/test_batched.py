@@ -91,7 +91,7 @@ def assert_close(a, b, where: str) -> None:
 
 @pytest.mark.parametrize("name", [*sorted(ALGORITHMS), "pf2lora exact", "pf2lora shared"])
 def test_batched_equals_sequential(name: str) -> None:
-    sequential, batched = simulate(name, 1), simulate(name, None)
+    sequential, batched = simulate(name, 1), simulate(name, 4)
     assert sequential.lockstep is None and batched.lockstep is not None
     assert_close(sequential.global_state, batched.global_state, "global")
     for cid, state in sequential.states.items():
@@ -262,3 +262,13 @@ def test_a_model_with_dropout_shared_across_rows_is_not_batched() -> None:
         sim = Simulation(model, make_algorithm("homlora"), ragged_clients(2), FederationConfig(parallel_clients=2))
     assert sim.lockstep is None
     sim.run_round()
+
+
+def test_clients_run_one_at_a_time_on_the_cpu_unless_asked() -> None:
+    """On the CPU one client's pass fills the cores, so batching is opt-in there (federation.parallel_clients)."""
+    default = Simulation(tiny_classifier(), make_algorithm("homlora"), ragged_clients(3), FederationConfig())
+    asked = Simulation(
+        tiny_classifier(), make_algorithm("homlora"), ragged_clients(3), FederationConfig(parallel_clients=2)
+    )
+    assert default.lockstep is None and default.execution == "one client at a time"
+    assert asked.lockstep is not None and asked.execution == "up to 2 clients per batched pass"

@@ -146,9 +146,9 @@ class FederationConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     """The frozen base's precision; adapters, heads, optimizer moments and hypergradients stay fp32."""
     parallel_clients: PositiveInt | None = None
-    """Clients trained (and evaluated) together in one batched pass; default: every sampled client, in waves of
-    at most 32; 1: one after another. Results are the same either way (up to float rounding); lower it if the
-    device runs short of memory."""
+    """Clients trained (and evaluated) together in one batched pass; default: on a GPU every sampled client, in
+    waves of at most 32, on the CPU 1 (one after another). Results are the same either way (up to float
+    rounding); lower it if the device runs short of memory."""
     seed: int = Field(0, ge=0, lt=2**63)
 
 

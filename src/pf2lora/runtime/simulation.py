@@ -41,8 +41,8 @@ from pf2lora.runtime.batched import Lockstep, batching_blocker
 
 Evaluator = Callable[[AdaptedModel, Params, ClientData], dict[str, float]]
 
-#: Clients per batched pass when ``federation.parallel_clients`` is not set: every sampled client of the paper's
-#: settings (8-100 clients at fraction ≤ 0.3), while a run of thousands of simulated clients goes in waves.
+#: Clients per batched pass on an accelerator when ``federation.parallel_clients`` is not set: every sampled
+#: client of the paper's settings (8-100 clients at fraction ≤ 0.3); thousands of simulated clients go in waves.
 AUTO_PARALLEL = 32
 
 #: Version of the :meth:`Simulation.state_dict` layout.
@@ -86,18 +86,22 @@ class Simulation:
             self.streams[c.cid] = BatchStream(c, config.batch_size, derive_seed(seed, 2, i))
         self.round = 0
         self.history = History()
+        #: Clients per batched pass (1: one after another). Unset, it is AUTO_PARALLEL on an accelerator and 1 on
+        #: the CPU, whose cores one client's pass already fills: there, padding every client's batch to a
+        #: common length cost more than batching saved (README, "All clients of a round in one pass").
+        self.parallel = config.parallel_clients or (AUTO_PARALLEL if model.device.type != "cpu" else 1)
         blocker = (
-            batching_blocker(model, algorithm, self.clients[0].fetch(np.arange(1)))
-            if config.parallel_clients != 1
-            else None
+            batching_blocker(model, algorithm, self.clients[0].fetch(np.arange(1))) if self.parallel != 1 else None
         )
         #: The lockstep that batches clients' passes (None: clients run one after another).
-        self.lockstep = Lockstep(model) if blocker is None and config.parallel_clients != 1 else None
-        #: How clients execute, in words (shown by the CLI and kept in summaries).
+        self.lockstep = Lockstep(model) if blocker is None and self.parallel != 1 else None
+        #: How clients execute, in words.
         self.execution = (
-            "one client at a time" + (f" ({blocker})" if blocker and config.parallel_clients != 1 else "")
+            f"one client at a time ({blocker})"
+            if blocker
+            else "one client at a time"
             if self.lockstep is None
-            else f"up to {config.parallel_clients or AUTO_PARALLEL} clients per batched pass"
+            else f"up to {self.parallel} clients per batched pass"
         )
         if blocker and (config.parallel_clients or 1) > 1:
             warnings.warn(f"federation.parallel_clients: clients run one at a time: {blocker}", stacklevel=2)
@@ -143,7 +147,7 @@ class Simulation:
         rows: list[dict[str, Any]] = []
         self.model.net.train()
         sampled = self.sample_clients(rnd)
-        wave = cfg.parallel_clients or AUTO_PARALLEL
+        wave = self.parallel if self.lockstep is not None else 1
         for first in range(0, len(sampled), wave):
             chunk = sampled[first : first + wave]
             tc = time.perf_counter()
@@ -243,7 +247,7 @@ class Simulation:
         if self.evaluator is None:
             return
         evaluator = self.evaluator
-        wave = self.config.parallel_clients or AUTO_PARALLEL
+        wave = self.parallel if self.lockstep is not None else 1
         for first in range(0, len(self.eval_clients), wave):
             chunk = self.eval_clients[first : first + wave]
 
