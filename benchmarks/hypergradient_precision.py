@@ -1,17 +1,19 @@
-"""How far PF2LoRA's ``fd`` hypergradient over a bf16 base is from the fp32 ``exact`` one, per ``fd_c`` (MiniLM).
+"""How far PF2LoRA's ``fd`` hypergradient over a bf16/fp16 base is from the fp32 ``exact`` one, per ``fd_c`` (MiniLM).
 
 One hypergradient ∇x f(x, y⁺; ξ) − α ∇xy f(x, y; π) ∇y f(x, y⁺; ξ) (ζ = π) at fixed adapter values with non-zero
 B and D, computed (a) exactly by double backward over the fp32 model with eager attention, (b) by finite
-differences over the fp32 model and (c) over the bf16 model, for several ``fd_c``. Prints the relative error
-of the whole hypergradient and of its second-order term T = ∇x f(x, y⁺; ξ) − hypergradient, plus the bf16
-floor: the error of the first-order part alone. Dropout off (eval mode), so the passes are deterministic.
+differences over the fp32 model and (c) over the low-precision model (``--low``: bf16 or fp16), for several
+``fd_c``. Prints the relative error of the whole hypergradient and of its second-order term
+T = ∇x f(x, y⁺; ξ) − hypergradient, plus the low-precision floor: the error of the first-order part alone.
+Dropout off (eval mode), so the passes are deterministic.
 
-    .venv/bin/python benchmarks/hypergradient_precision.py [--alpha 0.5 --batch 16 --seq 64]
+    .venv/bin/python benchmarks/hypergradient_precision.py [--alpha 0.5 --batch 16 --seq 64 --low bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 
 import torch
@@ -20,6 +22,7 @@ from pf2lora import models
 from pf2lora.adapters import AdaptedModel, add_two_level_lora
 from pf2lora.algorithms.base import grad_dict, leaves
 from pf2lora.algorithms.pf2lora import PF2LoRA
+from pf2lora.execution import LossScaler, loss_scaling
 from pf2lora.experiment import keep_heads_fp32
 
 
@@ -57,12 +60,13 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--low", choices=["bf16", "fp16"], default="bf16")
     args = p.parse_args()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    m32, m16 = model(torch.float32), model(torch.bfloat16)
+    m32, m16 = model(torch.float32), model(torch.bfloat16 if args.low == "bf16" else torch.float16)
     g = torch.Generator().manual_seed(0)
     x = m32.fresh_lora(m32.common_names, g)
     y = m32.fresh_lora(m32.private_names, g)
@@ -82,9 +86,18 @@ def main() -> None:
 
     def hyper(mdl: AdaptedModel, mode: str, c: float | None = None) -> dict:
         alg = PF2LoRA({"hypergradient": mode, "batches": "shared", "lr_private": args.alpha, "fd_c": c})
-        return alg.hypergradient(mdl, leaves(x), leaves(y), Fixed(batches))[1]
+        with scaled(mdl):
+            return alg.hypergradient(mdl, leaves(x), leaves(y), Fixed(batches))[1]
+
+    def scaled(mdl: AdaptedModel) -> contextlib.AbstractContextManager:
+        """Loss scaling over an fp16 base, as the runtime does."""
+        return loss_scaling(LossScaler() if mdl.base_dtype == torch.float16 else None)
 
     def first_order(mdl: AdaptedModel) -> dict:
+        with scaled(mdl):
+            return _first_order(mdl)
+
+    def _first_order(mdl: AdaptedModel) -> dict:
         xs, ys = leaves(x), leaves(y)
         g_y = grad_dict(mdl.loss({**xs, **ys}, batches[0]), ys)
         y_plus = {k: (ys[k] - args.alpha * g_y[k]).detach() for k in ys}
@@ -95,9 +108,11 @@ def main() -> None:
     total = norm(exact)
     floor = norm(diff(first_order(m16), first_order(m32)))
     print(f"MiniLM, batch {args.batch} × {args.seq}, α = {args.alpha}; ‖hypergradient‖ = {total:.4g}, ‖T‖ = {term:.4g}")
-    print(f"bf16 floor (first-order part only): {floor / total:.2e} of ‖hypergradient‖, {floor / term:.2e} of ‖T‖")
+    print(
+        f"{args.low} floor (first-order part only): {floor / total:.2e} of ‖hypergradient‖, {floor / term:.2e} of ‖T‖"
+    )
     print(f"{'base':6s} {'fd_c':>8s} {'err / ‖hyper‖':>14s} {'err / ‖T‖':>10s}")
-    for dtype, mdl in (("fp32", m32), ("bf16", m16)):
+    for dtype, mdl in (("fp32", m32), (args.low, m16)):
         for c in (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0):
             err = norm(diff(hyper(mdl, "fd", c), exact))
             print(f"{dtype:6s} {c:8.0e} {err / total:14.2e} {err / term:10.2e}")

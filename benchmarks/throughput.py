@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -201,8 +202,10 @@ def memory_child(m: int, args: argparse.Namespace) -> None:
     sim.run_round()
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:  # this process's own high-water mark (ru_maxrss would carry over the parent's from before exec)
+        status = Path("/proc/self/status")
+        hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM")] if status.exists() else []
+        peak = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     state = sum(
         t.numel() * t.element_size()
         for s in sim.states.values()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,18 +53,86 @@ def client_generator() -> torch.Generator | None:
 def gradients(
     loss: Tensor, tensors: Sequence[Tensor], create_graph: bool = False, retain_graph: bool | None = None
 ) -> tuple[Tensor, ...]:
-    """∇ of ``loss`` w.r.t. ``tensors`` (zeros where it does not depend on one), batched if an executor runs."""
+    """∇ of ``loss`` w.r.t. ``tensors`` (zeros where it does not depend on one), batched if an executor runs,
+    loss-scaled when :func:`loss_scaling` is on."""
     executor = getattr(_local, "executor", None)
     if executor is not None:
         return executor.gradients(loss, tensors, create_graph, retain_graph)
-    return torch.autograd.grad(
-        loss,
-        list(tensors),
-        create_graph=create_graph,
-        retain_graph=retain_graph,
-        allow_unused=True,
-        materialize_grads=True,
-    )
+    return scaled_backward([loss], list(tensors), create_graph, retain_graph)
+
+
+class LossScaler:
+    """Dynamic loss scaling for a float16 base (as ``torch.amp.GradScaler``, but per gradient, not per step).
+
+    Each backward runs on ``scale · loss``, so small gradients survive the base's float16 backward, and is divided
+    by ``scale`` again. The scale is a power of two, so both multiplications are exact: a gradient that neither
+    underflows nor overflows is the same at any scale. On overflow the same backward is repeated at half the scale
+    (no step is skipped, so the algorithm is unchanged); after ``growth_interval`` finite backwards it doubles.
+    """
+
+    def __init__(self, scale: float = 2.0**16, growth_interval: int = 200) -> None:
+        self.scale, self.growth_interval, self.finite = scale, growth_interval, 0
+
+    def backward(self, run: Callable[[float, bool], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        """``run(scale, retain_graph)`` takes the scaled gradients; the unscaled ones, at the largest finite scale.
+
+        The graph is kept for a repeat; it is freed with the loss, when the caller lets go of it.
+        """
+        while True:
+            grads = run(self.scale, True)
+            if all(bool(torch.isfinite(g).all()) for g in grads) or self.scale <= 1.0:
+                break  # a non-finite gradient at scale 1 is divergence: the runtime reports it
+            self.scale, self.finite = self.scale / 2, 0
+        scale = self.scale
+        self.finite += 1
+        if self.finite % self.growth_interval == 0:
+            self.scale *= 2
+        return tuple(g / scale for g in grads)
+
+    def state_dict(self) -> dict[str, float]:
+        """Scale and count of finite backwards since the last change (checkpoints resume the same scale)."""
+        return {"scale": self.scale, "finite": self.finite}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.scale, self.finite = float(state["scale"]), int(state["finite"])
+
+
+_scalers: list[LossScaler] = []
+
+
+@contextlib.contextmanager
+def loss_scaling(scaler: LossScaler | None) -> Iterator[None]:
+    """Take every gradient of a block with ``scaler`` (None: unscaled), in any thread: a batched pass takes its
+    clients' gradients in the thread that serves them."""
+    if scaler is not None:
+        _scalers.append(scaler)
+    try:
+        yield
+    finally:
+        if scaler is not None:
+            _scalers.pop()
+
+
+def scaled_backward(
+    losses: Sequence[Tensor], tensors: Sequence[Tensor], create_graph: bool, retain_graph: bool | None
+) -> tuple[Tensor, ...]:
+    """∇ of Σ ``losses`` w.r.t. ``tensors`` (unused ones: zeros), through the active :class:`LossScaler` if any."""
+
+    def run(scale: float, retain: bool | None) -> tuple[Tensor, ...]:
+        outputs = [loss * scale for loss in losses] if scale != 1.0 else list(losses)
+        return torch.autograd.grad(
+            outputs,
+            list(tensors),
+            create_graph=create_graph,
+            retain_graph=retain,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+
+    if not _scalers:
+        return run(1.0, retain_graph)
+    return _scalers[-1].backward(run)
 
 
 # ---- random streams ------------------------------------------------------------------------------------
@@ -153,12 +221,13 @@ class ClientDraws(TorchDispatchMode):
         for seg, gen in zip(segs, gens, strict=True):
             part = out[seg.start : seg.stop]
             shape = [seg.stop - seg.start] + [seg.length if d == seg.padded else d for d in part.shape[1:]]
-            mask = torch.empty(shape, dtype=out.dtype, device=out.device).bernoulli_(p, generator=gen)
-            if list(part.shape) == shape:
-                part.copy_(mask)
+            if list(part.shape) == shape:  # rows of a dim-0 slice: drawn in place, as into a tensor of their own
+                part.bernoulli_(p, generator=gen)
             else:
                 part.fill_(1)
-                part[tuple(slice(0, n) for n in shape)].copy_(mask)
+                part[tuple(slice(0, n) for n in shape)] = torch.empty(
+                    shape, dtype=out.dtype, device=out.device
+                ).bernoulli_(p, generator=gen)
         return out
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping[str, Any] | None = None):

@@ -149,7 +149,7 @@ def build_model(
 
 
 #: ``federation.precision`` → dtype of the frozen base.
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def keep_heads_fp32(net: torch.nn.Module, heads: Sequence[str]) -> None:

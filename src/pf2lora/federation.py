@@ -143,8 +143,9 @@ class FederationConfig(BaseModel):
     """Where to compute: ``auto`` (CUDA if present, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
     offload_client_state: bool = False
     """Keep clients' private and optimizer state in CPU memory between rounds (many clients, small device)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """The frozen base's precision; adapters, heads, optimizer moments and hypergradients stay fp32."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """The frozen base's precision; adapters, heads, optimizer moments and hypergradients stay fp32 (fp16: with
+    dynamic loss scaling)."""
     parallel_clients: PositiveInt | None = None
     """Clients trained (and evaluated) together in one batched pass; default: on a GPU every sampled client, in
     waves of at most 32, on the CPU 1 (one after another). Results are the same either way (up to float

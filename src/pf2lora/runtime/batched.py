@@ -217,7 +217,6 @@ class Lockstep:
                 with torch.set_grad_enabled(key[1]), torch.inference_mode() if key[2] else contextlib.nullcontext():
                     results = self._forward([c.request for c in group], [c.generator for c in group])
             else:
-                # free the graph only when no other client still holds a loss in it
                 results = self._backward([c.request for c in group], everyone=len(group) == len(waiting))
             for c, res in zip(group, results, strict=True):
                 c.result = res
@@ -282,16 +281,10 @@ class Lockstep:
 
     def _backward(self, reqs: list[_Grad], everyone: bool) -> list[tuple[Tensor, ...]]:
         create = reqs[0].create_graph
-        retain = (reqs[0].retain_graph if reqs[0].retain_graph is not None else create) if everyone else True
+        # free the graph only when no other client still holds a loss in it
+        retain = reqs[0].retain_graph if everyone else True
         flat = [t for r in reqs for t in r.tensors]
-        grads = torch.autograd.grad(
-            [r.loss for r in reqs],
-            flat,
-            create_graph=create,
-            retain_graph=retain,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+        grads = execution.scaled_backward([r.loss for r in reqs], flat, create, retain)
         out, i = [], 0
         for r in reqs:
             out.append(tuple(grads[i : i + len(r.tensors)]))

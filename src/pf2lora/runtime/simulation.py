@@ -25,6 +25,7 @@ from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import Algorithm, ClientState, spec_of
 from pf2lora.devices import to_device
 from pf2lora.errors import DivergenceError
+from pf2lora.execution import LossScaler, loss_scaling
 from pf2lora.federation import (
     BatchStream,
     ClientData,
@@ -103,6 +104,8 @@ class Simulation:
             if self.lockstep is None
             else f"up to {self.parallel} clients per batched pass"
         )
+        #: Loss scaling for a float16 base (its backward would underflow small gradients).
+        self.scaler = LossScaler() if model.base_dtype == torch.float16 else None
         if blocker and (config.parallel_clients or 1) > 1:
             warnings.warn(f"federation.parallel_clients: clients run one at a time: {blocker}", stacklevel=2)
 
@@ -217,15 +220,16 @@ class Simulation:
 
             return update
 
-        if not self._batched(len(chunk)):
-            results = []
-            for i in chunk:
-                torch.manual_seed(derive_seed(cfg.seed, 4, rnd, i))
-                results.append(job(i)(self.model))
-            return results
-        assert self.lockstep is not None
-        generators = [torch.Generator(device).manual_seed(derive_seed(cfg.seed, 4, rnd, i)) for i in chunk]
-        return self.lockstep.run([job(i) for i in chunk], generators)
+        with loss_scaling(self.scaler):
+            if not self._batched(len(chunk)):
+                results = []
+                for i in chunk:
+                    torch.manual_seed(derive_seed(cfg.seed, 4, rnd, i))
+                    results.append(job(i)(self.model))
+                return results
+            assert self.lockstep is not None
+            generators = [torch.Generator(device).manual_seed(derive_seed(cfg.seed, 4, rnd, i)) for i in chunk]
+            return self.lockstep.run([job(i) for i in chunk], generators)
 
     def _personalize(self, model: AdaptedModel, client: ClientData) -> Params:
         """Adapter values of ``client``'s personalized model under the current global state."""
@@ -240,7 +244,8 @@ class Simulation:
         """Exactly the personalized values :meth:`evaluate` scores for ``client`` now (same seeding)."""
         self.model.net.eval()
         torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
-        return self._personalize(self.model, client)
+        with loss_scaling(self.scaler):
+            return self._personalize(self.model, client)
 
     def evaluate(self) -> None:
         """Evaluate every evaluation client's personalized model (batched like training); appends eval rows."""
@@ -260,17 +265,18 @@ class Simulation:
                 return score
 
             self.model.net.eval()
-            if self._batched(len(chunk)):
-                assert self.lockstep is not None
-                seed = derive_seed(self.config.seed, 6, self.round)
-                device = self.model.device
-                gens = [torch.Generator(device).manual_seed(seed) for _ in chunk]
-                results = self.lockstep.run([job(c) for c in chunk], gens)
-            else:
-                results = []
-                for c in chunk:
-                    torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
-                    results.append(job(c)(self.model))
+            with loss_scaling(self.scaler):
+                if self._batched(len(chunk)):
+                    assert self.lockstep is not None
+                    seed = derive_seed(self.config.seed, 6, self.round)
+                    device = self.model.device
+                    gens = [torch.Generator(device).manual_seed(seed) for _ in chunk]
+                    results = self.lockstep.run([job(c) for c in chunk], gens)
+                else:
+                    results = []
+                    for c in chunk:
+                        torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
+                        results.append(job(c)(self.model))
             for client, metrics in zip(chunk, results, strict=True):
                 bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
                 if bad is not None:
@@ -316,6 +322,7 @@ class Simulation:
                 for cid in self.states
             },
             "torch_rng": torch.get_rng_state(),
+            "loss_scale": self.scaler.state_dict() if self.scaler is not None else {},
             "history": {"train": self.history.train, "eval": self.history.eval, "rounds": self.history.rounds},
         }
 
@@ -334,6 +341,8 @@ class Simulation:
             self.states[cid] = ClientState.from_state_dict(client["state"]).to(self.home)
             self.streams[cid].load_state_dict(client["stream"])
         torch.set_rng_state(state["torch_rng"])
+        if self.scaler is not None and state.get("loss_scale"):
+            self.scaler.load_state_dict(state["loss_scale"])
         self.round = int(state["round"])
         h = state["history"]
         self.history = History(list(h["train"]), list(h["eval"]), list(h["rounds"]))
