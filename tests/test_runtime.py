@@ -164,3 +164,21 @@ def test_stream_reshuffles_each_epoch():
     assert len(set(epoch.tolist())) == 8
     full = BatchStream(data, 50, seed=0)
     assert full.next().tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("how", ["uniform", "num_examples"])
+def test_streamed_aggregation_is_the_weighted_mean_bit_for_bit(how: str):
+    """The default aggregation is summed as uploads arrive (no round's uploads held at once): same bits."""
+    from pf2lora.algorithms.homlora import HOMLoRA
+
+    class HoldsUploads(HOMLoRA):
+        def aggregate(self, global_state, uploads, weights):
+            assert len(uploads) == 3
+            return super().aggregate(global_state, uploads, weights)
+
+    fed = FederationConfig(rounds=2, local_steps=1, batch_size=4, aggregation=how)
+    streamed = Simulation(tiny_bert(r_private=0), make_algorithm("homlora"), bert_clients(3), fed)
+    held = Simulation(tiny_bert(r_private=0), HoldsUploads(), bert_clients(3), fed)
+    streamed.run(), held.run()
+    for name, t in streamed.global_state.items():
+        assert torch.equal(t, held.global_state[name]), name

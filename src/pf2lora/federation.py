@@ -167,12 +167,12 @@ def sample_clients(num_clients: int, fraction: float, seed: int, rnd: int) -> li
     return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
 
 
-def aggregation_weights(payloads: Sequence[Payload], how: Literal["uniform", "num_examples"]) -> list[float]:
-    """Normalised client weights: equal, or proportional to each client's number of training examples."""
+def aggregation_weights(num_examples: Sequence[int], how: Literal["uniform", "num_examples"]) -> list[float]:
+    """Normalised weights of clients holding ``num_examples`` training examples: equal, or proportional to them."""
     if how == "uniform":
-        return [1.0 / len(payloads)] * len(payloads)
-    total = sum(p.num_examples for p in payloads)
-    return [p.num_examples / total for p in payloads]
+        return [1.0 / len(num_examples)] * len(num_examples)
+    total = sum(num_examples)
+    return [n / total for n in num_examples]
 
 
 def check_payload(

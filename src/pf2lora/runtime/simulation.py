@@ -140,27 +140,39 @@ class Simulation:
         """Indices of this round's participants (all of them at fraction 1)."""
         return sample_clients(len(self.clients), self.config.client_fraction, self.config.seed, rnd)
 
-    def run_round(self, on_client: Callable[[dict[str, Any]], None] | None = None) -> list[Payload]:
-        """One round: broadcast, local updates, aggregation; appends train rows to ``self.history``."""
+    def run_round(self, on_client: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """One round: broadcast, local updates, aggregation; appends train rows to ``self.history``.
+
+        An algorithm that keeps the default aggregation (the weighted mean) has each upload added to the running
+        sum as it arrives, in client order as ``weighted_mean`` adds them (the same bits), so the server never
+        holds a round's uploads at once; any other ``aggregate`` receives them all.
+        """
         rnd, cfg, history = self.round + 1, self.config, self.history
         t0 = time.perf_counter()
         download = sum(t.numel() for t in self.global_state.values())
         download_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
-        payloads: list[Payload] = []
         rows: list[dict[str, Any]] = []
         self.model.net.train()
         sampled = self.sample_clients(rnd)
+        weights = aggregation_weights([self.clients[i].num_train for i in sampled], cfg.aggregation)
+        streaming = getattr(self.algorithm.aggregate, "__func__", None) is Algorithm.aggregate
+        uploads: list[Params] = []
+        total: Params = {}
         wave = self.parallel if self.lockstep is not None else 1
         for first in range(0, len(sampled), wave):
             chunk = sampled[first : first + wave]
             tc = time.perf_counter()
             results = self._local_updates(rnd, chunk)
             seconds = (time.perf_counter() - tc) / len(chunk)  # clients of one batched pass share its time
-            for i, (tensors, metrics) in zip(chunk, results, strict=True):
+            for k, (i, (tensors, metrics)) in enumerate(zip(chunk, results, strict=True), start=first):
                 client = self.clients[i]
                 payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
                 self.check_payload(payload, self.global_state)
-                payloads.append(payload)
+                if streaming:
+                    for name, t in payload.tensors.items():
+                        total.setdefault(name, torch.zeros_like(t)).add_(t, alpha=float(weights[k]))
+                else:
+                    uploads.append(dict(payload.tensors))
                 rows.append(
                     {
                         "round": rnd,
@@ -176,8 +188,7 @@ class Simulation:
                 )
                 if on_client is not None:
                     on_client(rows[-1])
-        weights = aggregation_weights(payloads, cfg.aggregation)
-        new_global = self.algorithm.aggregate(self.global_state, [dict(p.tensors) for p in payloads], weights)
+        new_global = total if streaming else self.algorithm.aggregate(self.global_state, uploads, weights)
         self._check_global(new_global, f"round {rnd}: aggregate")
         self.global_state = new_global
         self.round = rnd
@@ -185,15 +196,14 @@ class Simulation:
         history.rounds.append(
             {
                 "round": rnd,
-                "clients": len(payloads),
-                "upload_params": sum(p.num_parameters for p in payloads),
-                "upload_bytes": sum(p.num_bytes for p in payloads),
-                "download_params": download * len(payloads),
-                "download_bytes": download_bytes * len(payloads),
+                "clients": len(rows),
+                "upload_params": sum(r["upload_params"] for r in rows),
+                "upload_bytes": sum(r["upload_bytes"] for r in rows),
+                "download_params": download * len(rows),
+                "download_bytes": download_bytes * len(rows),
                 "seconds": time.perf_counter() - t0,
             }
         )
-        return payloads
 
     def _batched(self, count: int) -> bool:
         """Whether ``count`` clients go through the lockstep (always off the CPU, where its dropout streams are
