@@ -37,31 +37,6 @@ from pf2lora.execution import Segment
 T = TypeVar("T")
 
 
-def batching_blocker(model: AdaptedModel, algorithm: Algorithm, sample: Any) -> str | None:
-    """Why ``algorithm`` on ``model`` cannot run its clients in one pass (None when it can).
-
-    ``sample`` is one training batch: two clients' training-mode passes over it are tried, which finds models
-    that draw dropout masks shared by all rows (DeBERTa's relative-position dropout), so never per client.
-    """
-    if algorithm.batch_blocker:
-        return f"{algorithm.name} {algorithm.batch_blocker}"
-    if model.loss_from_outputs is None:
-        return "the model's loss has no per-client form (AdaptedModel.loss_from_outputs)"
-    if not isinstance(sample, Mapping):
-        return f"its batches are {type(sample).__name__}, not dicts of tensors"
-    params = model.current(model.common_names + model.private_names)
-    training = model.net.training
-    model.net.train()
-    try:
-        with torch.no_grad():
-            Lockstep(model).run([lambda m: m.loss(params, sample)] * 2, [torch.Generator(model.device)] * 2)
-    except (RuntimeError, TypeError, ValueError) as e:
-        return f"the model cannot run clients in one pass ({str(e).split(';')[0]})"
-    finally:
-        model.net.train(training)
-    return None
-
-
 @dataclass
 class _Forward:
     params: Mapping[str, Tensor]
@@ -142,6 +117,31 @@ class Lockstep:
         config = getattr(net, "config", None)
         sizes |= {v for v in (config.to_dict() if config is not None else {}).values() if type(v) is int}
         self._avoid = sizes
+
+    def blocker(self, algorithm: Algorithm, sample: Any) -> str | None:
+        """Why ``algorithm``'s clients cannot share a pass on this model (None when they can).
+
+        ``sample`` is one training batch: two clients' training-mode passes over it are tried, which finds models
+        that draw dropout masks shared by all rows (DeBERTa's relative-position dropout), so never per client.
+        """
+        model = self.model
+        if algorithm.batch_blocker:
+            return f"{algorithm.name} {algorithm.batch_blocker}"
+        if model.loss_from_outputs is None:
+            return "the model's loss has no per-client form (AdaptedModel.loss_from_outputs)"
+        if not isinstance(sample, Mapping):
+            return f"its batches are {type(sample).__name__}, not dicts of tensors"
+        params = model.current(model.common_names + model.private_names)
+        training = model.net.training
+        model.net.train()
+        try:
+            with torch.no_grad():
+                self.run([lambda m: m.loss(params, sample)] * 2, [torch.Generator(model.device)] * 2)
+        except (RuntimeError, TypeError, ValueError) as e:
+            return f"the model cannot run clients in one pass ({str(e).split(';')[0]})"
+        finally:
+            model.net.train(training)
+        return None
 
     # ---- running clients ----------------------------------------------------------------------------
     def run(self, jobs: Sequence[Callable[[AdaptedModel], T]], generators: Sequence[torch.Generator | None]) -> list[T]:

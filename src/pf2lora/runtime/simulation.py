@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,8 +38,9 @@ from pf2lora.federation import (
     derive_seed,
     sample_clients,
 )
-from pf2lora.runtime.batched import Lockstep, batching_blocker
+from pf2lora.runtime.batched import Lockstep
 
+T = TypeVar("T")
 Evaluator = Callable[[AdaptedModel, Params, ClientData], dict[str, float]]
 
 #: Clients per batched pass on an accelerator when ``federation.parallel_clients`` is not set: every sampled
@@ -91,11 +92,10 @@ class Simulation:
         #: the CPU, whose cores one client's pass already fills: there, padding every client's batch to a
         #: common length cost more than batching saved (README, "All clients of a round in one pass").
         self.parallel = config.parallel_clients or (AUTO_PARALLEL if model.device.type != "cpu" else 1)
-        blocker = (
-            batching_blocker(model, algorithm, self.clients[0].fetch(np.arange(1))) if self.parallel != 1 else None
-        )
+        lockstep = Lockstep(model) if self.parallel != 1 else None
+        blocker = lockstep.blocker(algorithm, self.clients[0].fetch(np.arange(1))) if lockstep else None
         #: The lockstep that batches clients' passes (None: clients run one after another).
-        self.lockstep = Lockstep(model) if blocker is None and self.parallel != 1 else None
+        self.lockstep = lockstep if blocker is None else None
         #: How clients execute, in words.
         self.execution = (
             f"one client at a time ({blocker})"
@@ -230,16 +230,21 @@ class Simulation:
 
             return update
 
+        return self._run_clients([job(i) for i in chunk], [derive_seed(cfg.seed, 4, rnd, i) for i in chunk])
+
+    def _run_clients(self, jobs: Sequence[Callable[[AdaptedModel], T]], seeds: Sequence[int]) -> list[T]:
+        """``jobs[k](model)`` for each client k, its randomness seeded by ``seeds[k]``: batched through the
+        lockstep (each with its own generator), or one after another (the global RNG seeded per client)."""
         with loss_scaling(self.scaler):
-            if not self._batched(len(chunk)):
+            if not self._batched(len(jobs)):
                 results = []
-                for i in chunk:
-                    torch.manual_seed(derive_seed(cfg.seed, 4, rnd, i))
-                    results.append(job(i)(self.model))
+                for job, seed in zip(jobs, seeds, strict=True):
+                    torch.manual_seed(seed)
+                    results.append(job(self.model))
                 return results
             assert self.lockstep is not None
-            generators = [torch.Generator(device).manual_seed(derive_seed(cfg.seed, 4, rnd, i)) for i in chunk]
-            return self.lockstep.run([job(i) for i in chunk], generators)
+            device = self.model.device
+            return self.lockstep.run(jobs, [torch.Generator(device).manual_seed(s) for s in seeds])
 
     def _personalize(self, model: AdaptedModel, client: ClientData) -> Params:
         """Adapter values of ``client``'s personalized model under the current global state."""
@@ -275,18 +280,8 @@ class Simulation:
                 return score
 
             self.model.net.eval()
-            with loss_scaling(self.scaler):
-                if self._batched(len(chunk)):
-                    assert self.lockstep is not None
-                    seed = derive_seed(self.config.seed, 6, self.round)
-                    device = self.model.device
-                    gens = [torch.Generator(device).manual_seed(seed) for _ in chunk]
-                    results = self.lockstep.run([job(c) for c in chunk], gens)
-                else:
-                    results = []
-                    for c in chunk:
-                        torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
-                        results.append(job(c)(self.model))
+            seed = derive_seed(self.config.seed, 6, self.round)
+            results = self._run_clients([job(c) for c in chunk], [seed] * len(chunk))
             for client, metrics in zip(chunk, results, strict=True):
                 bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
                 if bad is not None:
