@@ -20,7 +20,7 @@ from pf2lora.algorithms import ALGORITHMS
 from pf2lora.errors import ConfigError
 from pf2lora.federation import FederationConfig
 
-__all__ = ["ConfigError", "ExperimentConfig", "dump_config", "find_non_finite", "load_config"]
+__all__ = ["ConfigError", "ExperimentConfig", "dump_config", "find_non_finite", "load_config", "parse_config"]
 
 #: Datasets whose task cuts contexts into ``task.max_length`` windows overlapping by ``task.doc_stride``.
 _QA_DATASETS = ("squad_v1", "squad_v2")
@@ -111,6 +111,19 @@ class TaskSettings(_Strict):
     """Generation: evaluate at most this many test sources per client (0: all)."""
 
 
+class FlowerSettings(_Strict):
+    """How the Flower runtimes (``--runtime flower`` / ``flower-sim``) run rounds; the in-process runtime ignores it."""
+
+    min_clients: int = Field(1, ge=1, le=100_000)
+    """Fewest sampled clients whose updates make a round; a round with fewer replies (nodes down) stops the run,
+    its last checkpoint kept for ``--resume``. Clients that do not reply are left out of that round's mean (the
+    aggregation weights renormalise over those that did)."""
+    round_timeout: float = Field(600.0, gt=0.0, le=86_400.0)
+    """Seconds the server waits for a round's replies before going on without the missing ones."""
+    join_timeout: float = Field(300.0, gt=0.0, le=86_400.0)
+    """Seconds the server waits at the start for a node of every client (partition) to connect."""
+
+
 class ExperimentConfig(_Strict):
     """One experiment: model, data, partition, federation, adapters, and hyperparameters per algorithm."""
 
@@ -126,6 +139,7 @@ class ExperimentConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     lora: LoraSettings = LoraSettings()
     task: TaskSettings = TaskSettings()
+    flower: FlowerSettings = FlowerSettings()
     algorithms: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -403,6 +417,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
             if sep and re.fullmatch(r"[\w.]+", head):
                 loc, msg = head.rstrip("."), rest
         raise _fail(path, loc, msg, overrides) from None
+
+
+def parse_config(text: str) -> ExperimentConfig:
+    """A resolved config (:func:`dump_config`'s YAML, as a Flower server sends it to its nodes)."""
+    try:
+        return ExperimentConfig.model_validate(yaml.safe_load(text), strict=True)
+    except (ValidationError, yaml.YAMLError) as e:
+        raise ConfigError(f"received config: {' '.join(str(e).split())[:300]}") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from pf2lora import checkpoint, models
-from pf2lora.adapters import AdaptedModel, add_two_level_lora
+from pf2lora.adapters import AdaptedModel, Params, add_two_level_lora
 from pf2lora.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from pf2lora.config import ExperimentConfig, dump_config
 from pf2lora.data import (
@@ -75,8 +75,9 @@ def split_clients(cfg: ExperimentConfig, keys: Sequence[Any]) -> tuple[Partition
     return train_test_split_per_client(part, p.test_fraction, cfg.seed, labels=stratify)
 
 
-def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None) -> Prepared:
-    r"""Load the pool, subsample, partition, and build every client's tokenized data.
+def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None, only: Sequence[int] | None = None) -> Prepared:
+    r"""Load the pool, subsample, partition, and build every client's tokenized data (``only``: just those
+    clients', as a node that holds one client of the federation does).
 
     Input problems (model name, data files, partitions the data cannot fill) are :class:`InputError`\ s,
     raised before any model weights load.
@@ -100,12 +101,12 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None) -> Prepared:
                     f"{len(examples)} examples (test_fraction {cfg.partition.test_fraction}); use fewer clients "
                     "or more data (data.max_examples)"
                 )
-    if tokenizer is None:
+    if tokenizer is None and (only is None or len(only)):  # the partition alone needs no tokenizer
         _, tokenizer = models.load(cfg.model.name, task_cls.kind, _num_labels(examples))
     task = task_cls(tokenizer, cfg.task)
     clients = [
         task.client(str(k), [examples[i] for i in train.clients[k]], [examples[i] for i in test.clients[k]])
-        for k in range(train.num_clients)
+        for k in (range(train.num_clients) if only is None else only)
     ]
     partition = {
         "method": cfg.partition.method,
@@ -185,48 +186,86 @@ def run_algorithm(
     on_client: Callable[[dict[str, Any]], None] | None = None,
     on_round: Callable[[int, History], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one algorithm on the prepared clients; write its files; return its summary.
+    """Train and evaluate one algorithm on the prepared clients in this process; write its files; return its
+    summary (see :func:`execute`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.resolved.yaml", dump_config(prepared.cfg))
+    write_json(out / "partition.json", prepared.partition)
+    sim = build_simulation(prepared, name)
+    return execute(sim, prepared.cfg, name, prepared.task.primary_metric, out, on_client, on_round)
+
+
+class Federation(Protocol):
+    """What :func:`execute` runs: a runtime's whole federation (in-process or a Flower server)."""
+
+    history: History
+    global_state: Params
+
+    def run(
+        self,
+        on_round: Callable[[int, History], None] | None = None,
+        on_client: Callable[[dict[str, Any]], None] | None = None,
+    ) -> History: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def private_parameters_per_client(self) -> float: ...
+
+
+def execute(
+    runtime: Federation,
+    cfg: ExperimentConfig,
+    name: str,
+    metric: str,
+    out: Path,
+    on_client: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[int, History], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``runtime`` to the end, writing ``metrics.jsonl`` round by round, checkpoints, then ``summary.json``
+    and plots into ``out``; return the summary.
 
     If ``out`` holds a checkpoint of this run, training continues from it (``metrics.jsonl`` is cut back
     to the checkpoint's rounds first). The caller decides whether ``out`` may hold an earlier run.
     """
-    cfg, task = prepared.cfg, prepared.task
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.resolved.yaml", dump_config(cfg))
-    write_json(out / "partition.json", prepared.partition)
-    sim = build_simulation(prepared, name)
     state = checkpoint.load(out)
     elapsed = 0.0
     if state is not None:
-        checkpoint.restore(out, sim, state)
+        checkpoint.restore(out, runtime, state)
         elapsed = float(state.get("elapsed_seconds", 0.0))
     metrics_path = out / "metrics.jsonl"
-    write_jsonl(metrics_path, _rows(name, sim.history.train, sim.history.eval))
+    write_jsonl(metrics_path, _rows(name, runtime.history.train, runtime.history.eval))
     log = JsonlLog(metrics_path)
-    written = [len(sim.history.train), len(sim.history.eval)]  # rows already in the file
+    written = [len(runtime.history.train), len(runtime.history.eval)]  # rows already in the file
     t0 = time.perf_counter()
 
     def after_round(rnd: int, history: History) -> None:
         log.append(_rows(name, history.train[written[0] :], history.eval[written[1] :]))
         written[:] = len(history.train), len(history.eval)
         if rnd % cfg.federation.checkpoint_every == 0 or rnd == cfg.federation.rounds:
-            checkpoint.save(out, {**sim.state_dict(), "elapsed_seconds": elapsed + time.perf_counter() - t0})
+            checkpoint.save(out, {**runtime.state_dict(), "elapsed_seconds": elapsed + time.perf_counter() - t0})
         if on_round is not None:
             on_round(rnd, history)
 
     try:
-        history = sim.run(on_round=after_round, on_client=on_client)
+        history = runtime.run(on_round=after_round, on_client=on_client)
     finally:
         log.close()
     seconds = elapsed + time.perf_counter() - t0
-    summary = summarize(name, sim, history, task.primary_metric, seconds)
-    plot_run(history, task.primary_metric, out / "curves.png", display_name(name))
+    summary = summarize(name, runtime, history, metric, seconds)
+    plot_run(history, metric, out / "curves.png", display_name(name))
     write_json(out / "summary.json", summary)  # last: its presence marks a finished run
     return summary
 
 
-def build_simulation(prepared: Prepared, name: str, device: torch.device | None = None) -> Simulation:
-    """The seeded model, algorithm and in-process federation of algorithm ``name`` on the prepared clients."""
+def build_simulation(
+    prepared: Prepared, name: str, device: torch.device | None = None, indices: Sequence[int] | None = None
+) -> Simulation:
+    """The seeded model, algorithm and in-process federation of algorithm ``name`` on the prepared clients
+    (``indices``: their places among the config's clients when ``prepared`` holds only some of them)."""
     cfg, task = prepared.cfg, prepared.task
     seed_everything(cfg.seed)
     algorithm = make_algorithm(name, cfg.hyperparameters(name))
@@ -236,6 +275,8 @@ def build_simulation(prepared: Prepared, name: str, device: torch.device | None 
         # one client with everyone's data takes as many steps per round as all clients together
         train_clients = [pool_clients(prepared.clients)]
         fed = fed.model_copy(update={"local_steps": fed.local_steps * len(prepared.clients)})
+    if indices is not None:
+        return Simulation(model, algorithm, train_clients, fed, task.evaluate, None, indices, cfg.partition.num_clients)
     return Simulation(model, algorithm, train_clients, fed, task.evaluate, prepared.clients)
 
 
@@ -287,7 +328,7 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
     return written
 
 
-def summarize(name: str, sim: Simulation, history: History, metric: str, seconds: float) -> dict[str, Any]:
+def summarize(name: str, sim: Federation, history: History, metric: str, seconds: float) -> dict[str, Any]:
     """Final per-client and mean metrics, trainable and communicated parameters, wall time."""
     last_round = max(r["round"] for r in history.eval)
     final = {
@@ -298,7 +339,7 @@ def summarize(name: str, sim: Simulation, history: History, metric: str, seconds
     keys = sorted({k for v in final.values() for k in v})
     mean = {k: statistics.fmean(v[k] for v in final.values() if k in v) for k in keys}
     common = sum(t.numel() for t in sim.global_state.values())
-    private = statistics.fmean(sum(t.numel() for t in s.private.values()) for s in sim.states.values())
+    private = sim.private_parameters_per_client()
     rounds = history.rounds
     return {
         "algorithm": name,

@@ -39,6 +39,7 @@ from pf2lora.federation import (
     sample_clients,
 )
 from pf2lora.runtime.batched import Lockstep
+from pf2lora.runtime.rounds import ServerRound
 
 T = TypeVar("T")
 Evaluator = Callable[[AdaptedModel, Params, ClientData], dict[str, float]]
@@ -62,6 +63,8 @@ class Simulation:
         config: FederationConfig,
         evaluator: Evaluator | None = None,
         eval_clients: Sequence[ClientData] | None = None,
+        indices: Sequence[int] | None = None,
+        num_clients: int | None = None,
     ) -> None:
         if not clients:
             raise ValueError("a federation needs at least one client")
@@ -70,6 +73,13 @@ class Simulation:
         self.model, self.algorithm, self.clients, self.config = model, algorithm, list(clients), config
         self.evaluator = evaluator
         self.eval_clients = list(eval_clients) if eval_clients is not None else self.clients
+        #: Each client's index in the whole federation of ``num_clients`` (a node holds one client of many): its
+        #: seeds and initial state depend on that index only, so a node's client equals the in-process one.
+        self.indices = list(indices) if indices is not None else list(range(len(self.clients)))
+        self.num_clients = num_clients if num_clients is not None else len(self.clients)
+        if len(self.indices) != len(self.clients) or not all(0 <= i < self.num_clients for i in self.indices):
+            raise ValueError(f"indices must give each client a place among the {self.num_clients} clients")
+        self.eval_indices = self.indices if eval_clients is None else list(range(len(self.eval_clients)))
         self.communicated = algorithm.communicated(model)
         self.private = algorithm.private(model)
         overlap = set(self.communicated) & set(self.private)
@@ -82,9 +92,9 @@ class Simulation:
         self._check_global(self.global_state, "init_global")
         self.states: dict[str, ClientState] = {}
         self.streams: dict[str, BatchStream] = {}
-        for i, c in enumerate(self.clients):
+        for i, c in zip(self.indices, self.clients, strict=True):
             gen = torch.Generator().manual_seed(derive_seed(seed, 1, i))
-            self.states[c.cid] = algorithm.init_client(model, i, len(self.clients), gen).to(self.home)
+            self.states[c.cid] = algorithm.init_client(model, i, self.num_clients, gen).to(self.home)
             self.streams[c.cid] = BatchStream(c, config.batch_size, derive_seed(seed, 2, i))
         self.round = 0
         self.history = History()
@@ -138,80 +148,39 @@ class Simulation:
 
     def sample_clients(self, rnd: int) -> list[int]:
         """Indices of this round's participants (all of them at fraction 1)."""
-        return sample_clients(len(self.clients), self.config.client_fraction, self.config.seed, rnd)
+        return sample_clients(self.num_clients, self.config.client_fraction, self.config.seed, rnd)
 
     def run_round(self, on_client: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """One round: broadcast, local updates, aggregation; appends train rows to ``self.history``.
-
-        An algorithm that keeps the default aggregation (the weighted mean) has each upload added to the running
-        sum as it arrives, in client order as ``weighted_mean`` adds them (the same bits), so the server never
-        holds a round's uploads at once; any other ``aggregate`` receives them all.
-        """
-        rnd, cfg, history = self.round + 1, self.config, self.history
-        t0 = time.perf_counter()
-        download = sum(t.numel() for t in self.global_state.values())
-        download_bytes = sum(t.numel() * t.element_size() for t in self.global_state.values())
-        rows: list[dict[str, Any]] = []
+        """One round: broadcast, local updates, aggregation (:class:`ServerRound`); appends rows to ``self.history``."""
+        rnd, cfg = self.round + 1, self.config
         self.model.net.train()
         sampled = self.sample_clients(rnd)
         weights = aggregation_weights([self.clients[i].num_train for i in sampled], cfg.aggregation)
-        streaming = getattr(self.algorithm.aggregate, "__func__", None) is Algorithm.aggregate
-        uploads: list[Params] = []
-        total: Params = {}
+        server = ServerRound(self.algorithm, self.global_state, rnd, cfg.local_steps, weights)
         wave = self.parallel if self.lockstep is not None else 1
         for first in range(0, len(sampled), wave):
             chunk = sampled[first : first + wave]
             tc = time.perf_counter()
-            results = self._local_updates(rnd, chunk)
+            payloads = self._local_updates(rnd, chunk)
             seconds = (time.perf_counter() - tc) / len(chunk)  # clients of one batched pass share its time
-            for k, (i, (tensors, metrics)) in enumerate(zip(chunk, results, strict=True), start=first):
-                client = self.clients[i]
-                payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
-                self.check_payload(payload, self.global_state)
-                if streaming:
-                    for name, t in payload.tensors.items():
-                        total.setdefault(name, torch.zeros_like(t)).add_(t, alpha=float(weights[k]))
-                else:
-                    uploads.append(dict(payload.tensors))
-                rows.append(
-                    {
-                        "round": rnd,
-                        "step": rnd * cfg.local_steps,
-                        "client": client.cid,
-                        **metrics,
-                        "upload_params": payload.num_parameters,
-                        "upload_bytes": payload.num_bytes,
-                        "download_params": download,
-                        "download_bytes": download_bytes,
-                        "client_seconds": seconds,
-                    }
-                )
+            for payload in payloads:
+                row = server.add(payload, seconds)
                 if on_client is not None:
-                    on_client(rows[-1])
-        new_global = total if streaming else self.algorithm.aggregate(self.global_state, uploads, weights)
+                    on_client(row)
+        new_global, summary = server.finish()
         self._check_global(new_global, f"round {rnd}: aggregate")
         self.global_state = new_global
         self.round = rnd
-        history.train.extend(rows)
-        history.rounds.append(
-            {
-                "round": rnd,
-                "clients": len(rows),
-                "upload_params": sum(r["upload_params"] for r in rows),
-                "upload_bytes": sum(r["upload_bytes"] for r in rows),
-                "download_params": download * len(rows),
-                "download_bytes": download_bytes * len(rows),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+        self.history.train.extend(server.rows)
+        self.history.rounds.append(summary)
 
     def _batched(self, count: int) -> bool:
         """Whether ``count`` clients go through the lockstep (always off the CPU, where its dropout streams are
         the only ones that make batched and sequential runs agree; on the CPU one client runs plainly)."""
         return self.lockstep is not None and (count > 1 or self.model.device.type != "cpu")
 
-    def _local_updates(self, rnd: int, chunk: Sequence[int]) -> list[tuple[Params, dict[str, float]]]:
-        """Local updates of the clients ``chunk`` (indices) from the current global state: (upload, metrics) each.
+    def _local_updates(self, rnd: int, chunk: Sequence[int]) -> list[Payload]:
+        """Checked uploads of the clients ``chunk`` (positions in ``self.clients``) from the current global state.
 
         Each client's dropout comes from a seed of (seed, round, client) and its batches from its own stream,
         so a client's update is the same whether it runs alone or batched with others.
@@ -230,7 +199,20 @@ class Simulation:
 
             return update
 
-        return self._run_clients([job(i) for i in chunk], [derive_seed(cfg.seed, 4, rnd, i) for i in chunk])
+        seeds = [derive_seed(cfg.seed, 4, rnd, self.indices[i]) for i in chunk]
+        payloads = []
+        for i, (tensors, metrics) in zip(chunk, self._run_clients([job(i) for i in chunk], seeds), strict=True):
+            client = self.clients[i]
+            payload = Payload(client.cid, rnd, tensors, client.num_train, metrics)
+            self.check_payload(payload, self.global_state)
+            payloads.append(payload)
+        return payloads
+
+    def train_client(self, rnd: int, position: int = 0) -> Payload:
+        """The checked upload of the client at ``position`` in round ``rnd`` from ``self.global_state`` (a node's
+        side of a round when the server is elsewhere); its private state advances, ``self.round`` does not."""
+        self.model.net.train()
+        return self._local_updates(rnd, [position])[0]
 
     def _run_clients(self, jobs: Sequence[Callable[[AdaptedModel], T]], seeds: Sequence[int]) -> list[T]:
         """``jobs[k](model)`` for each client k, its randomness seeded by ``seeds[k]``: batched through the
@@ -248,7 +230,8 @@ class Simulation:
 
     def _personalize(self, model: AdaptedModel, client: ClientData) -> Params:
         """Adapter values of ``client``'s personalized model under the current global state."""
-        idx = next((i for i, c in enumerate(self.eval_clients) if c is client), 0)
+        pos = next((i for i, c in enumerate(self.eval_clients) if c is client), 0)
+        idx = self.eval_indices[pos]
         stream = BatchStream(client, self.config.batch_size, derive_seed(self.config.seed, 5, self.round, idx))
         state = self.states.get(client.cid)
         return self.algorithm.personalize(
@@ -313,6 +296,10 @@ class Simulation:
                 on_round(rnd, self.history)
         return self.history
 
+    def private_parameters_per_client(self) -> float:
+        """Mean scalars in a client's private state (the adapter that never leaves it)."""
+        return sum(sum(t.numel() for t in s.private.values()) for s in self.states.values()) / len(self.states)
+
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The whole federation after ``self.round`` rounds: global state, every client's private and
@@ -333,6 +320,8 @@ class Simulation:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a simulation with the same config, algorithm and clients."""
+        if state.get("runtime") == "flower":
+            raise ValueError("it is a Flower run's checkpoint; resume it with --runtime flower")
         if state.get("format") != STATE_FORMAT or state.get("algorithm") != self.algorithm.name:
             raise ValueError(
                 f"checkpoint is of format {state.get('format')} for {state.get('algorithm')!r}; "

@@ -1,0 +1,124 @@
+"""pf2lora as a Flower app: ``server_app`` (a ServerApp) and ``client_app`` (a ClientApp).
+
+The ServerApp reads the experiment config and output folder from the run config (``config``, ``out``) and
+runs :class:`~pf2lora.runtime.flower.server.FlowerFederation` through :func:`pf2lora.experiment.execute`,
+writing the in-process runtime's files. The ClientApp answers three message types, each carrying the run's
+resolved config, so that any node can (re)build its client from any message:
+
+- ``query``: which client (partition) this node holds, its data size, label count and private-state size;
+- ``train``: the global state in, the algorithm's declared upload out (``upload``), with its metrics;
+- ``evaluate``: the global state in, the personalized model's test metrics out.
+
+Nothing else leaves a node: replies are built only from a :class:`~pf2lora.federation.Payload` checked against
+the algorithm's declaration on the node, numbers about the node, and evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+# Before torch loads (a ClientApp process may import this module first): see pf2lora.cli.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from pf2lora.runtime.flower.messages import error_kind, from_record, to_record
+from pf2lora.runtime.flower.node import NodeClient, NodeSettings
+
+#: File in the run's folder holding the one-line reason a ServerApp failed (read by ``pf2lora run``).
+SERVER_ERROR = "server-error.txt"
+#: Error code of a client's own error in a reply (Flower's codes are below 100).
+CLIENT_ERROR = 100
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+@server_app.main()
+def serve(grid: Grid, context: Context) -> None:
+    """Run the experiment ``run_config["config"]`` (a YAML file) into the folder ``run_config["out"]``."""
+    from pf2lora.cli import available_cpus
+    from pf2lora.config import load_config
+    from pf2lora.experiment import execute
+    from pf2lora.io import write_text
+    from pf2lora.runtime.flower.server import FlowerFederation
+    from pf2lora.tasks import DATASET_TASKS
+
+    out = Path(str(context.run_config["out"]))
+    (out / SERVER_ERROR).unlink(missing_ok=True)
+    try:
+        import torch
+
+        torch.set_num_threads(available_cpus())
+        cfg = load_config(str(context.run_config["config"]))
+        runtime = FlowerFederation(grid, cfg)
+        metric = DATASET_TASKS[cfg.data.dataset](None, cfg.task).primary_metric
+        execute(runtime, cfg, cfg.algorithm, metric, out)
+    except BaseException as e:
+        write_text(out / SERVER_ERROR, f"{type(e).__name__}: {' '.join(str(e).split()) or type(e).__name__}\n")
+        raise
+
+
+# ---- nodes ------------------------------------------------------------------------------------------
+#: Clients this process holds, by (run key, partition): the base model is loaded once per node and run.
+_CLIENTS: dict[tuple[str, int], NodeClient] = {}
+
+
+def _client(message: Message, context: Context) -> NodeClient:
+    """This node's client of the message's run (built on first use; other runs' clients are dropped)."""
+    from pf2lora.cli import available_cpus
+    from pf2lora.models import cache_dir
+
+    run = message.content["run"]
+    settings = NodeSettings.from_node_config(context.node_config, cache_dir() / "flower-nodes")
+    key = (str(run["run-key"]), settings.partition_id)
+    if key not in _CLIENTS:
+        import torch
+
+        torch.set_num_threads(available_cpus())
+        for other in [k for k in _CLIENTS if k[0] != key[0]]:
+            del _CLIENTS[other]
+        _CLIENTS[key] = NodeClient(str(run["config"]), key[0], settings)
+    return _CLIENTS[key]
+
+
+def _node_record(client: NodeClient, **extra: int | float) -> ConfigRecord:
+    return ConfigRecord(
+        {"partition-id": client.index, "private-parameters": client.private_parameters, **extra}  # type: ignore[dict-item]
+    )
+
+
+def _answer(message: Message, context: Context) -> Message:
+    """The reply to ``message``; pf2lora's own errors go back as ``"<kind>: <message>"`` (the server re-raises)."""
+    try:
+        client = _client(message, context)
+        rnd = int(message.content["run"]["round"])
+        if message.metadata.message_type == "query":
+            node = _node_record(client, **{"num-train": client.num_train, "num-labels": client.prepared.num_labels})
+            return Message(RecordDict({"node": node}), reply_to=message)
+        received = from_record(message.content["global"])
+        if message.metadata.message_type == "train":
+            t0 = time.perf_counter()
+            payload = client.train(rnd, received, int(message.content["run"]["checkpointed"]))
+            node = _node_record(client, **{"num-examples": payload.num_examples, "seconds": time.perf_counter() - t0})
+            metrics = MetricRecord({k: float(v) for k, v in payload.metrics.items()})
+            return Message(
+                RecordDict({"upload": to_record(payload.tensors), "metrics": metrics, "node": node}), reply_to=message
+            )
+        scores = client.evaluate(rnd, received)
+        content = RecordDict({"metrics": MetricRecord(scores), "node": _node_record(client)})  # type: ignore[arg-type]
+        return Message(content, reply_to=message)
+    except Exception as e:
+        kind = error_kind(e)
+        if kind is None:
+            raise
+        return Message(Error(CLIENT_ERROR, f"{kind}: {' '.join(str(e).split())}"), reply_to=message)
+
+
+client_app.query()(_answer)
+client_app.train()(_answer)
+client_app.evaluate()(_answer)
