@@ -27,6 +27,7 @@ class LoopbackGrid(Grid):
         }
         self.replies: list[Message] = []
         self.down: set[int] = set()
+        self._pending: dict[str, Message] = {}
         #: Called with each reply before the server sees it (tests drop or alter replies here).
         self.on_reply: Callable[[Message], Message | None] = lambda m: m
 
@@ -44,18 +45,14 @@ class LoopbackGrid(Grid):
         return [n for n in self.contexts if n not in self.down]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        out = []
+        ids = []
         for m in messages:
             dst = m.metadata.dst_node_id
+            mid = str(next(_ids))
+            m.metadata.__dict__["_message_id"] = mid  # as a SuperLink sets it on push
+            ids.append(mid)
             if dst in self.down:
                 continue
-            m.metadata.__dict__["_message_id"] = str(next(_ids))  # as a SuperLink sets it on push
             TaskIdentity.node_id = dst
             try:
                 reply = self.client_app(m, self.contexts[dst])
@@ -65,5 +62,11 @@ class LoopbackGrid(Grid):
             self.replies.append(reply)
             reply = self.on_reply(reply)
             if reply is not None:
-                out.append(reply)
-        return out
+                self._pending[mid] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._pending.pop(i) for i in list(message_ids) if i in self._pending]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))

@@ -74,14 +74,14 @@ def _errors(debug: bool) -> Iterator[None]:
     if debug:
         yield
         return
-    from pf2lora.errors import DivergenceError, InputError
+    from pf2lora.errors import DivergenceError, FederationError, InputError
     from pf2lora.federation import PrivacyError
 
     try:
         yield
     except InputError as e:
         _fail(_one_line(e))
-    except (DivergenceError, PrivacyError) as e:
+    except (DivergenceError, PrivacyError, FederationError) as e:
         _fail(f"{_one_line(e)} (the last checkpoint is kept)", 1)
     except KeyboardInterrupt:
         _fail("interrupted; the last checkpoint is kept: rerun with --resume to continue", 130)
@@ -276,9 +276,31 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
     return summaries
 
 
+def _flower(runtime: str, supernodes: int | None) -> Any:
+    """The runner of ``--runtime flower``/``flower-sim`` (same signature as :func:`_run_all`)."""
+    if supernodes is not None and runtime != "flower":
+        _fail("--supernodes: only with --runtime flower")
+    if runtime not in ("flower", "flower-sim"):
+        _fail(f"--runtime must be inprocess, flower or flower-sim, got {runtime!r}")
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        _fail(f'--runtime {runtime}: Flower is not installed; pip install -e ".[flower]" (Python >= 3.11)')
+
+    def run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[dict[str, Any]]:
+        from pf2lora.runtime.flower.run import run_flower
+
+        return run_flower(prepared, names, out, resume, runtime, supernodes, console.print)
+
+    return run_all
+
+
 @contextlib.contextmanager
-def _session(config: Path, overrides: list[str], out: Path, resume: bool, overwrite: bool) -> Iterator[Any]:
-    """Validate the config and ``--out`` (before anything loads), prepare the data, run the body.
+def _session(
+    config: Path, overrides: list[str], out: Path, resume: bool, overwrite: bool, tokenize: bool = True
+) -> Iterator[Any]:
+    """Validate the config and ``--out`` (before anything loads), prepare the data, run the body
+    (``tokenize=False``: the partition only, for runtimes whose nodes tokenize their own clients).
 
     An input error found later (a model or LoRA target that does not fit) removes what this new run wrote,
     so a corrected rerun into the same ``--out`` needs no ``--overwrite``.
@@ -296,13 +318,23 @@ def _session(config: Path, overrides: list[str], out: Path, resume: bool, overwr
     try:
         _threads()
         _quiet_transformers()
-        yield prepare(cfg)
+        yield prepare(cfg) if tokenize else prepare(cfg, only=[])
     except InputError:
         if not resumed:
             discard_new_run(out, remove_dir=not existed)
         raise
 
 
+RuntimeOption = Annotated[
+    str,
+    typer.Option(
+        help="inprocess (one process), flower (a SuperLink and a SuperNode per client as local processes) or "
+        "flower-sim (Flower's Simulation Engine)."
+    ),
+]
+SupernodesOption = Annotated[
+    int | None, typer.Option(help="--runtime flower: SuperNodes to start (one per client; default: all clients).")
+]
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace the earlier run in --out.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value (repeatable).")]
@@ -320,14 +352,18 @@ def run(
     device: DeviceOption = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
+    runtime: RuntimeOption = "inprocess",
+    supernodes: SupernodesOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Run one algorithm of an experiment config."""
     with _errors(debug):
         overrides = (set_ or []) + ([f"algorithm={algorithm}"] if algorithm else [])
         overrides += [f"federation.device={device}"] if device else []
-        with _session(config, overrides, out, resume, overwrite) as prepared:
-            summary = _run_all(prepared, [prepared.cfg.algorithm], out, resume)[0]
+        local = runtime == "inprocess"
+        runner = _run_all if local else _flower(runtime, supernodes)
+        with _session(config, overrides, out, resume, overwrite, tokenize=local) as prepared:
+            summary = runner(prepared, [prepared.cfg.algorithm], out, resume)[0]
         cfg = prepared.cfg
         mean = summary["final"]["mean"]
         value = mean.get(summary["metric"])
@@ -350,6 +386,8 @@ def compare(
         bool, typer.Option(help="Continue: skip finished algorithms, resume the interrupted one.")
     ] = False,
     overwrite: OverwriteOption = False,
+    runtime: RuntimeOption = "inprocess",
+    supernodes: SupernodesOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Run several algorithms on identical client partitions; write table.md and compare.png."""
@@ -360,10 +398,12 @@ def compare(
         overrides = list(set_ or []) + ([f"federation.device={device}"] if device else [])
         if algorithms is not None:
             overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
-        with _session(config, overrides, out, resume, overwrite) as prepared:
+        local = runtime == "inprocess"
+        runner = _run_all if local else _flower(runtime, supernodes)
+        with _session(config, overrides, out, resume, overwrite, tokenize=local) as prepared:
             cfg = prepared.cfg
             names = list(dict.fromkeys(cfg.compare))
-            summaries = _run_all(prepared, names, out, resume)
+            summaries = runner(prepared, names, out, resume)
         table = comparison_table(cfg, summaries)
         write_text(out / "table.md", table)
         plot_comparison(out, names, summaries[0]["metric"])

@@ -26,3 +26,7 @@ class OutputError(InputError):
 
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss or update; the message names algorithm, round and client."""
+
+
+class FederationError(RuntimeError):
+    """Too few clients took part in a round (nodes down or unreachable); the run stops with its last checkpoint."""

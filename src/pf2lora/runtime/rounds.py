@@ -30,6 +30,7 @@ class ServerRound:
         rnd: int,
         steps: int,
         weights: Sequence[float],
+        started: float | None = None,
     ) -> None:
         self.algorithm, self.global_state, self.rnd, self.steps = algorithm, global_state, rnd, steps
         self.weights = list(weights)
@@ -39,7 +40,7 @@ class ServerRound:
         self.rows: list[dict[str, Any]] = []
         self._total: Params = {}
         self._uploads: list[Params] = []
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() if started is None else started  # the round's start (perf_counter)
 
     def add(self, payload: Payload, seconds: float) -> dict[str, Any]:
         """Take the next client's (already checked) upload; return its training row."""

@@ -34,13 +34,9 @@ SERVER_ERROR = "server-error.txt"
 #: Error code of a client's own error in a reply (Flower's codes are below 100).
 CLIENT_ERROR = 100
 
-server_app = ServerApp()
-client_app = ClientApp()
 
-
-@server_app.main()
-def serve(grid: Grid, context: Context) -> None:
-    """Run the experiment ``run_config["config"]`` (a YAML file) into the folder ``run_config["out"]``."""
+def _serve(grid: Grid, config: Path, out: Path, node_state_dir: str) -> None:
+    """Run the experiment ``config`` (a YAML file) into the folder ``out``; on failure leave its reason there."""
     from pf2lora.cli import available_cpus
     from pf2lora.config import load_config
     from pf2lora.experiment import execute
@@ -48,14 +44,14 @@ def serve(grid: Grid, context: Context) -> None:
     from pf2lora.runtime.flower.server import FlowerFederation
     from pf2lora.tasks import DATASET_TASKS
 
-    out = Path(str(context.run_config["out"]))
+    out.mkdir(parents=True, exist_ok=True)
     (out / SERVER_ERROR).unlink(missing_ok=True)
     try:
         import torch
 
         torch.set_num_threads(available_cpus())
-        cfg = load_config(str(context.run_config["config"]))
-        runtime = FlowerFederation(grid, cfg)
+        cfg = load_config(config)
+        runtime = FlowerFederation(grid, cfg, node_state_dir=node_state_dir)
         metric = DATASET_TASKS[cfg.data.dataset](None, cfg.task).primary_metric
         execute(runtime, cfg, cfg.algorithm, metric, out)
     except BaseException as e:
@@ -63,7 +59,32 @@ def serve(grid: Grid, context: Context) -> None:
         raise
 
 
+#: The deployed ServerApp: ``flwr run`` passes ``config``, ``out`` (and ``node-state-dir``) in the run config.
+server_app = ServerApp()
+
+
+@server_app.main()
+def serve(grid: Grid, context: Context) -> None:
+    """Run the experiment ``run_config["config"]`` into ``run_config["out"]`` (paths on the server's machine)."""
+    run = context.run_config
+    _serve(grid, Path(str(run["config"])), Path(str(run["out"])), str(run.get("node-state-dir", "")))
+
+
+def make_server_app(config: Path, out: Path, node_state_dir: Path) -> ServerApp:
+    """A ServerApp for one experiment (Flower's simulation passes no run config)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        _serve(grid, config, out, str(node_state_dir))
+
+    return app
+
+
 # ---- nodes ------------------------------------------------------------------------------------------
+#: The ClientApp every node runs (its handlers are registered at the end of this module).
+client_app = ClientApp()
+
 #: Clients this process holds, by (run key, partition): the base model is loaded once per node and run.
 _CLIENTS: dict[tuple[str, int], NodeClient] = {}
 
@@ -74,7 +95,10 @@ def _client(message: Message, context: Context) -> NodeClient:
     from pf2lora.models import cache_dir
 
     run = message.content["run"]
-    settings = NodeSettings.from_node_config(context.node_config, cache_dir() / "flower-nodes")
+    forwarded = str(run.get("node-state-dir", ""))
+    settings = NodeSettings.from_node_config(
+        context.node_config, Path(forwarded) if forwarded else cache_dir() / "flower-nodes"
+    )
     key = (str(run["run-key"]), settings.partition_id)
     if key not in _CLIENTS:
         import torch

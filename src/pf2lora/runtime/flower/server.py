@@ -26,7 +26,7 @@ from pf2lora.adapters import Params
 from pf2lora.algorithms import make_algorithm
 from pf2lora.algorithms.base import TensorSpec
 from pf2lora.config import ExperimentConfig, dump_config
-from pf2lora.errors import InputError
+from pf2lora.errors import FederationError, InputError
 from pf2lora.federation import (
     History,
     Payload,
@@ -38,19 +38,21 @@ from pf2lora.federation import (
 from pf2lora.runtime.flower.messages import RAISES, from_record, to_record
 from pf2lora.runtime.rounds import ServerRound
 
+#: Seconds between polls for replies.
+POLL = 0.05
 #: Version of :meth:`FlowerFederation.state_dict`'s layout.
 STATE_FORMAT = 1
-
-
-class FederationError(RuntimeError):
-    """Too few clients replied for a round (nodes down): the run stops, its last checkpoint kept."""
 
 
 class FlowerFederation:
     """Runs the experiment ``cfg`` over the nodes reachable through ``grid``."""
 
-    def __init__(self, grid: Grid, cfg: ExperimentConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, grid: Grid, cfg: ExperimentConfig, node_state_dir: str = "", log: Callable[[str], None] | None = None
+    ) -> None:
         self.grid, self.cfg, self.config_text = grid, cfg, dump_config(cfg)
+        #: Where nodes whose node config names no ``state-dir`` keep private state ("": their own cache).
+        self.node_state_dir = node_state_dir
         self.algorithm = make_algorithm(cfg.algorithm, cfg.hyperparameters(cfg.algorithm))
         if self.algorithm.pools_client_data:
             raise InputError(
@@ -91,11 +93,22 @@ class FlowerFederation:
     def _exchange(
         self, kind: str, node_ids: Sequence[int], rnd: int, arrays: Params | None, timeout: float
     ) -> list[Message]:
-        """Send ``kind`` to ``node_ids`` and return the replies that arrived (any order)."""
-        messages = [
-            self.grid.create_message(self._content(rnd, arrays), kind, node, f"{kind}-{rnd}") for node in node_ids
-        ]
-        return list(self.grid.send_and_receive(messages, timeout=timeout)) if messages else []
+        """Send ``kind`` to ``node_ids``; return the replies that arrive within ``timeout`` seconds (any order).
+
+        Polls every :data:`POLL` seconds (``Grid.send_and_receive`` sleeps 3 s between polls in flwr 1.41).
+        """
+        messages = [self.grid.create_message(self._content(rnd, arrays), kind, n, f"{kind}-{rnd}") for n in node_ids]
+        waiting = set(self.grid.push_messages(messages)) if messages else set()
+        replies: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while waiting:
+            got = list(self.grid.pull_messages(waiting))
+            replies.extend(got)
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(POLL)
+        return replies
 
     def _usable(self, reply: Message, what: str) -> bool:
         """Whether ``reply`` carries a result; a client's own error (divergence, input) ends the run."""
@@ -164,6 +177,7 @@ class FlowerFederation:
     def run_round(self, on_client: Callable[[dict[str, Any]], None] | None = None) -> None:
         """One round over the nodes of the sampled clients, aggregated as in-process; appends rows."""
         rnd, fed = self.round + 1, self.cfg.federation
+        started = time.perf_counter()
         self._join(wait_for_all=False)  # a node restarted since the last round takes its client back
         sampled = sample_clients(self.num_clients, fed.client_fraction, fed.seed, rnd)
         asked = [k for k in sampled if k in self.node_of]
@@ -193,7 +207,7 @@ class FlowerFederation:
             self._check(payload)
             payloads.append((payload, float(node["seconds"])))
         weights = aggregation_weights([p.num_examples for p, _ in payloads], fed.aggregation)
-        server = ServerRound(self.algorithm, self.global_state, rnd, fed.local_steps, weights)
+        server = ServerRound(self.algorithm, self.global_state, rnd, fed.local_steps, weights, started)
         for payload, seconds in payloads:
             row = server.add(payload, seconds)
             if on_client is not None:
