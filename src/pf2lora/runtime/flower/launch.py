@@ -141,7 +141,9 @@ class LocalFederation:
         node = self._spawn(
             f"supernode-{k}",
             [
-                _bin("flower-supernode"),
+                sys.executable,
+                "-m",
+                "pf2lora.runtime.flower.supernode",
                 "--insecure",
                 "--superlink",
                 f"127.0.0.1:{self.port}",

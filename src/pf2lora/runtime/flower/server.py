@@ -36,6 +36,7 @@ from pf2lora.federation import (
     sample_clients,
 )
 from pf2lora.runtime.flower.messages import RAISES, from_record, to_record
+from pf2lora.runtime.flower.polling import retry_pulls_sooner
 from pf2lora.runtime.rounds import ServerRound
 
 #: Seconds between polls for replies.
@@ -51,6 +52,7 @@ class FlowerFederation:
         self, grid: Grid, cfg: ExperimentConfig, node_state_dir: str = "", log: Callable[[str], None] | None = None
     ) -> None:
         self.grid, self.cfg, self.config_text = grid, cfg, dump_config(cfg)
+        retry_pulls_sooner(sys.modules[type(grid).__module__])  # the deployed grid pulls replies' objects
         #: Where nodes whose node config names no ``state-dir`` keep private state ("": their own cache).
         self.node_state_dir = node_state_dir
         self.algorithm = make_algorithm(cfg.algorithm, cfg.hyperparameters(cfg.algorithm))

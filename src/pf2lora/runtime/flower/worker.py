@@ -14,6 +14,7 @@ public API: the ``flower`` extra pins flwr to 1.41.0 for this reason.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -31,10 +32,15 @@ from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_htt
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+from pf2lora.runtime.flower.polling import retry_pulls_sooner
 
 #: Seconds between polls for a task when the node has none.
 POLL = 0.1
+
+retry_pulls_sooner(run_clientapp)  # a task's message objects reach the SuperNode a moment after the task
 
 
 def _client(address: str, interceptors: list) -> RuntimeHttpClient:
@@ -98,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     acquire = _client(args.runtime_api_address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     installed: set[str] = set()
     log(INFO, "pf2lora ClientApp worker %s serving %s", os.getpid(), args.runtime_api_address)
+    # import the app and the libraries its first message needs now, while the SuperLink starts the run
+    importlib.import_module("pf2lora.runtime.flower.app")
+    importlib.import_module("pf2lora.experiment")
+    importlib.import_module("transformers")
     while True:
         if args.parent_pid and not _alive(args.parent_pid):
             return
