@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 # Before torch loads (a ClientApp process may import this module first): see pf2lora.cli.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -87,6 +88,8 @@ client_app = ClientApp()
 
 #: Clients this process holds, by (run key, partition): the base model is loaded once per node and run.
 _CLIENTS: dict[tuple[str, int], NodeClient] = {}
+#: Each partition's tokenized data, kept for the next run on the same data (another algorithm of a compare).
+_PREPARED: dict[int, dict[str, Any]] = {}
 
 
 def _client(message: Message, context: Context) -> NodeClient:
@@ -106,7 +109,8 @@ def _client(message: Message, context: Context) -> NodeClient:
         torch.set_num_threads(available_cpus())
         for other in [k for k in _CLIENTS if k[0] != key[0]]:
             del _CLIENTS[other]
-        _CLIENTS[key] = NodeClient(str(run["config"]), key[0], settings)
+        prepared = _PREPARED.setdefault(settings.partition_id, {})
+        _CLIENTS[key] = NodeClient(str(run["config"]), key[0], settings, prepared)
     return _CLIENTS[key]
 
 

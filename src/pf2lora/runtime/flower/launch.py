@@ -26,7 +26,10 @@ from typing import IO, Any
 
 from pf2lora import __version__
 from pf2lora.errors import InputError
+from pf2lora.io import write_json
 
+#: Seconds between ``flwr ls`` calls while waiting for a run.
+STATUS_EVERY = 10.0
 #: Name of the connection to the local SuperLink in the launcher's ``FLWR_HOME/config.toml``.
 CONNECTION = "pf2lora-local"
 
@@ -108,6 +111,7 @@ class LocalFederation:
             command, env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.procs[name] = proc
+        write_json(self.workdir / "pids.json", {k: p.pid for k, p in self.procs.items()})
         return proc
 
     def start(self) -> None:
@@ -242,18 +246,25 @@ class LocalFederation:
             return f"{run['status']}:{details}" if details not in ("N/A", "") else str(run["status"])
         return "unknown"
 
-    def wait(self, run_id: int, tick: Callable[[], None] | None = None, poll: float = 1.0) -> str:
-        """Wait until the run finishes; return its final status (``tick`` is called every ``poll`` seconds)."""
-        while True:
-            status = self.status(run_id)
-            if status.startswith("finished"):
-                return status
-            for name, proc in self.procs.items():
-                if name == "superlink" and proc.poll() is not None:
-                    raise RuntimeError(f"the SuperLink exited; see {self.logs / 'superlink.log'}")
+    def wait(
+        self, run_id: int, finished: Callable[[], bool], tick: Callable[[], None] | None = None, poll: float = 0.2
+    ) -> str:
+        """Wait until ``finished()`` (the run's own sign, e.g. its summary file) or Flower reports the run ended;
+        return Flower's status then. ``flwr ls`` costs a CLI start-up (about 1 s of CPU), so it is asked only
+        every :data:`STATUS_EVERY` seconds; ``tick`` is called every ``poll`` seconds."""
+        asked = time.monotonic()
+        while not finished():
+            if self.procs["superlink"].poll() is not None:
+                raise RuntimeError(f"the SuperLink exited; see {self.logs / 'superlink.log'}")
+            if time.monotonic() - asked > STATUS_EVERY:
+                asked = time.monotonic()
+                status = self.status(run_id)
+                if status.startswith("finished"):
+                    return status
             if tick is not None:
                 tick()
             time.sleep(poll)
+        return "finished"
 
 
 def become_subreaper() -> None:

@@ -11,7 +11,10 @@ the federation, so its seeds, batches and updates are those of the in-process ru
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +68,11 @@ class NodeSettings:
 class NodeClient:
     """The client at ``settings.partition_id`` of the run ``run_key`` whose resolved config is ``config_text``."""
 
-    def __init__(self, config_text: str, run_key: str, settings: NodeSettings) -> None:
+    def __init__(
+        self, config_text: str, run_key: str, settings: NodeSettings, prepared_cache: dict[str, Any] | None = None
+    ) -> None:
+        """``prepared_cache`` keeps this client's tokenized data for the next run on the same data (the
+        algorithms of one ``compare``): keyed by everything the data depends on."""
         from pf2lora.experiment import build_simulation, prepare
 
         cfg = parse_config(config_text)
@@ -77,7 +84,21 @@ class NodeClient:
                 f"partition.num_clients = {cfg.partition.num_clients}"
             )
         self.cfg, self.index = cfg, settings.partition_id
-        self.prepared = prepare(cfg, only=[self.index])
+        key = json.dumps(
+            [
+                cfg.model.name,
+                cfg.data.model_dump(),
+                cfg.partition.model_dump(),
+                cfg.task.model_dump(),
+                cfg.seed,
+                self.index,
+            ]
+        )
+        cache = prepared_cache if prepared_cache is not None else {}
+        if key not in cache:
+            cache.clear()
+            cache[key] = prepare(cfg, only=[self.index])
+        self.prepared = dataclasses.replace(cache[key], cfg=cfg)  # this run's federation, LoRA, algorithm
         self.sim = build_simulation(self.prepared, cfg.algorithm, indices=[self.index])
         self.cid = self.sim.clients[0].cid
         self.dir = settings.state_dir / run_key / f"client_{self.cid}"
@@ -122,7 +143,13 @@ class NodeClient:
         if self.at == latest:
             return
         if latest:
-            self._load_client_state(torch.load(self.dir / f"round_{latest}.pt", map_location="cpu", weights_only=True))
+            path = self.dir / f"round_{latest}.pt"
+            self._load_client_state(torch.load(path, map_location="cpu", weights_only=True))
+            print(
+                f"pf2lora: client {self.cid} continues from its private state after round {latest} ({path})",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             self._load_client_state(self._initial)
         self.at = latest

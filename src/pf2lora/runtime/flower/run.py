@@ -47,6 +47,11 @@ def _raise_server_error(run_dir: Path, status: str) -> None:
         raise RuntimeError(f"the Flower run ended ({status}) without a summary; see {run_dir / '.flower' / 'logs'}")
 
 
+def _finished(run_dir: Path) -> bool:
+    """Whether the ServerApp of ``run_dir`` has ended (its summary, or the reason it failed, is written)."""
+    return (run_dir / "summary.json").is_file() or (run_dir / SERVER_ERROR).is_file()
+
+
 def _progress(run_dir: Path, name: str, say: Callable[[str], None]) -> Callable[[], None]:
     """A ``tick`` that prints one line per round as the ServerApp appends it to ``metrics.jsonl``."""
     shown = [0]
@@ -119,7 +124,7 @@ def run_flower(
             if fed is not None:
                 run_id = fed.submit({"config": str(config), "out": str(run_dir)})
                 tick = _progress(run_dir, name, say)
-                status = fed.wait(run_id, tick)
+                status = fed.wait(run_id, lambda d=run_dir: _finished(d), tick)
                 tick()
             else:
                 status = "finished"
