@@ -72,6 +72,8 @@ class FlowerFederation:
         self.private: list[str] = []
         #: Node id serving each client (partition), and what each client reported about itself.
         self.node_of: dict[int, int] = {}
+        #: Nodes whose client another node has taken over (never asked again).
+        self.replaced: set[int] = set()
         self.private_counts: dict[int, int] = {}
         self._num_labels: dict[int, int] = {}
         self._restored: Mapping[str, Any] | None = None
@@ -127,12 +129,14 @@ class FlowerFederation:
         """Ask nodes the server has not met which client they hold (``wait_for_all``: until every client has one)."""
         deadline = time.monotonic() + self.cfg.flower.join_timeout
         while True:
-            known = set(self.node_of.values())
+            known = set(self.node_of.values()) | self.replaced
             new = [n for n in self.grid.get_node_ids() if n not in known]
             for reply in self._exchange(MessageType.QUERY, new, self.round, None, self.cfg.flower.join_timeout):
                 if self._usable(reply, "joining"):
                     node = reply.content["node"]
                     pid = int(node["partition-id"])
+                    if pid in self.node_of:  # a restarted node: the old one is gone (the SuperLink lists it ~1 min)
+                        self.replaced.add(self.node_of[pid])
                     self.node_of[pid] = reply.metadata.src_node_id
                     self.private_counts[pid] = int(node["private-parameters"])
                     self._num_labels[pid] = int(node["num-labels"])
