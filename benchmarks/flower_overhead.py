@@ -57,8 +57,9 @@ def main() -> None:
             per_round = sum(r["seconds"] for r in rounds) / len(rounds)
             summary = json.loads((out / "summary.json").read_text())
             results[runtime] = (wall, per_round, summary)
+            fixed = wall - per_round * len(rounds)
             print(
-                f"{runtime:10s} wall {wall:6.1f}s  per round {per_round:6.2f}s  fixed {wall - per_round * len(rounds):6.1f}s"
+                f"{runtime:10s} wall {wall:6.1f}s  per round {per_round:6.2f}s  fixed {fixed:6.1f}s"
                 f"  bytes/round {summary['communicated_bytes_per_round']:,.0f}",
                 flush=True,
             )
@@ -68,10 +69,10 @@ def main() -> None:
             if runtime == "inprocess":
                 continue
             same = summary["final"] == base["final"]
+            extra = wall - base_wall - (per_round - base_round) * len(rounds)
             print(
                 f"{runtime}: per round {per_round / base_round:.2f}x in-process "
-                f"(+{per_round - base_round:.2f}s), fixed +{wall - base_wall - (per_round - base_round) * len(rounds):.1f}s"
-                f", same final metrics: {same}"
+                f"(+{per_round - base_round:.2f}s), fixed +{extra:.1f}s, same final metrics: {same}"
             )
 
 
