@@ -77,7 +77,7 @@ def loopback(fl_config: Path, out: Path, algorithm: str, **sets: object) -> Loop
     cfg = load_config(fl_config, [f"algorithm={algorithm}", *(f"{k}={v}" for k, v in sets.items())])
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(dump_config(cfg))
-    nodes = [{"partition-id": k, "num-partitions": 3, "state-dir": str(out / "nodes")} for k in range(3)]
+    nodes = [{"partition-id": k, "num-partitions": 3, "state-dir": str(out / ".flower" / "nodes")} for k in range(3)]
     grid = LoopbackGrid(flower_app.client_app, nodes)
     flower_app._serve(grid, out / "config.yaml", out, "")
     return grid
@@ -120,10 +120,25 @@ def test_flower_app_gives_inprocess_numbers_and_sends_only_what_is_declared(
     assert seen == set(kinds)
     # each node kept its client's private state on its disk, one file per round it trained
     for k in range(3):
-        assert sorted(p.name for p in (tmp_path / algorithm / "nodes").glob(f"*/client_{k}/round_*.pt")) == [
+        assert sorted(
+            p.name for p in (tmp_path / algorithm / ".flower" / "nodes").glob(f"*/client_{k}/round_*.pt")
+        ) == [
             "round_1.pt",
             "round_2.pt",
         ]
+
+
+@pytest.mark.parametrize("algorithm", ["pf2lora", "hetlora"])
+def test_a_flower_run_exports_the_inprocess_peft_adapters(
+    fl_config: Path, inprocess: Path, tmp_path: Path, algorithm: str
+) -> None:
+    from pf2lora.experiment import export_run
+
+    loopback(fl_config, tmp_path / "run", algorithm)
+    flower = export_run(tmp_path / "run", tmp_path / "flower")
+    local = export_run(inprocess / algorithm, tmp_path / "local")
+    for a, b in zip(flower, local, strict=True):
+        assert (a / "adapter_model.safetensors").read_bytes() == (b / "adapter_model.safetensors").read_bytes()
 
 
 def test_a_node_refuses_to_send_a_private_tensor(

@@ -22,7 +22,7 @@ import torch
 
 from pf2lora import checkpoint, models
 from pf2lora.adapters import AdaptedModel, Params, add_two_level_lora
-from pf2lora.algorithms import ALGORITHMS, Algorithm, make_algorithm
+from pf2lora.algorithms import ALGORITHMS, Algorithm, ClientState, make_algorithm
 from pf2lora.config import ExperimentConfig, dump_config
 from pf2lora.data import (
     Partition,
@@ -310,7 +310,10 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
     ):
         raise OutputError(f"--out {out}: holds files other than earlier exports; choose another folder")
     sim = build_simulation(prepared, name, torch.device("cpu"))  # exporting is light work; any run exports here
-    checkpoint.restore(run_dir, sim, state)
+    if state.get("runtime") == "flower":
+        _restore_flower_run(run_dir, sim, state)
+    else:
+        checkpoint.restore(run_dir, sim, state)
     written = []
     for client in prepared.clients:
         if client.cid in wanted:
@@ -326,6 +329,31 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
                 )
             )
     return written
+
+
+def _restore_flower_run(run_dir: Path, sim: Simulation, state: dict[str, Any]) -> None:
+    """Put a Flower run's checkpoint (global state) and its nodes' state files of that round (private states, kept
+    under ``.flower/nodes`` by ``--runtime flower``/``flower-sim``) into the in-process ``sim``."""
+    rnd, key = int(state["round"]), str(state["run_key"])
+    folders = [
+        d / ".flower" / "nodes" / key for d in (run_dir, run_dir.parent) if (d / ".flower" / "nodes" / key).is_dir()
+    ]
+    if not folders:
+        raise OutputError(
+            f"{run_dir}: a Flower run whose clients' private state is on their nodes (state-dir/{key}); "
+            "export on each node, or copy those folders to .flower/nodes/ here"
+        )
+    sim.global_state = {k: v.clone() for k, v in state["global"].items()}
+    sim.round = rnd
+    for cid in sim.states:
+        files = sorted(
+            (int(p.stem.removeprefix("round_")), p) for p in (folders[0] / f"client_{cid}").glob("round_*.pt")
+        )
+        done = [p for r, p in files if r <= rnd]
+        if done:
+            saved = torch.load(done[-1], map_location="cpu", weights_only=True)
+            sim.states[cid] = ClientState.from_state_dict(saved["state"])
+            sim.streams[cid].load_state_dict(saved["stream"])
 
 
 def summarize(name: str, sim: Federation, history: History, metric: str, seconds: float) -> dict[str, Any]:
