@@ -26,6 +26,7 @@ class LoopbackGrid(Grid):
             for i, c in enumerate(node_configs)
         }
         self.replies: list[Message] = []
+        self.sent: dict[str, Message] = {}
         self.down: set[int] = set()
         self._pending: dict[str, Message] = {}
         #: Called with each reply before the server sees it (tests drop or alter replies here).
@@ -51,6 +52,7 @@ class LoopbackGrid(Grid):
             mid = str(next(_ids))
             m.metadata.__dict__["_message_id"] = mid  # as a SuperLink sets it on push
             ids.append(mid)
+            self.sent[mid] = m
             if dst in self.down:
                 continue
             TaskIdentity.node_id = dst

@@ -32,6 +32,7 @@ from pf2lora.config import dump_config, load_config  # noqa: E402
 from pf2lora.experiment import prepare, run_algorithm  # noqa: E402
 from pf2lora.federation import PrivacyError  # noqa: E402
 from pf2lora.runtime.flower import app as flower_app  # noqa: E402
+from pf2lora.runtime.flower.messages import from_record  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (DATA / "glue" / "SST-2").is_dir(), reason="needs ../shared/data")
 
@@ -72,9 +73,9 @@ def inprocess(fl_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root
 
 
-def loopback(fl_config: Path, out: Path, algorithm: str, **sets: object) -> LoopbackGrid:
+def loopback(fl_config: Path, out: Path, algorithm: str, *sets: str) -> LoopbackGrid:
     """Run ``algorithm`` through the ServerApp and three nodes' ClientApp over a loopback grid into ``out``."""
-    cfg = load_config(fl_config, [f"algorithm={algorithm}", *(f"{k}={v}" for k, v in sets.items())])
+    cfg = load_config(fl_config, [f"algorithm={algorithm}", *sets])
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(dump_config(cfg))
     nodes = [{"partition-id": k, "num-partitions": 3, "state-dir": str(out / ".flower" / "nodes")} for k in range(3)]
@@ -194,6 +195,53 @@ def test_a_round_goes_on_without_a_silent_node_and_weights_renormalise(fl_config
     assert torch.load(strict / "checkpoint" / "state.pt", weights_only=True)["round"] == 1  # kept for --resume
 
 
+def test_central_dp_clips_each_update_on_its_node_and_noises_the_mean(fl_config: Path, tmp_path: Path) -> None:
+    norm, z = 0.005, 0.5
+    dp = f"flower.dp={{noise_multiplier: {z}, clipping_norm: {norm}}}"
+    grid = loopback(fl_config, tmp_path / "dp", "homlora", dp)
+    clipped = 0
+    for reply in grid.replies:
+        if reply.metadata.message_type != "train":
+            continue
+        sent = from_record(grid.sent[reply.metadata.reply_to_message_id].content["global"])
+        upload = from_record(reply.content["upload"])
+        update = torch.sqrt(sum(((upload[k].double() - sent[k].double()) ** 2).sum() for k in sent))
+        assert update <= norm * (1 + 1e-5)
+        clipped += bool(update > norm * (1 - 1e-5))
+    assert clipped  # the norm is small enough that updates were clipped
+    # the server's global is the mean of the clipped uploads plus Gaussian noise of std z·C/n
+    state = torch.load(tmp_path / "dp" / "checkpoint" / "state.pt", weights_only=True)
+    last = [from_record(r.content["upload"]) for r in grid.replies if r.metadata.group_id == "train-2"]
+    mean = {k: sum(u[k] for u in last) / len(last) for k in last[0]}
+    noise = torch.cat([(state["global"][k] - mean[k]).flatten() for k in mean])
+    assert abs(float(noise.std()) / (z * norm / 3) - 1) < 0.15
+    eps = [r["dp_epsilon"] for r in state["history"]["rounds"]]
+    assert 0 < eps[0] < eps[1]
+    assert json.loads((tmp_path / "dp" / "summary.json").read_text())["privacy"]["dp_epsilon"] == eps[1]
+    again = tmp_path / "again"
+    loopback(fl_config, again, "homlora", dp)
+    assert rows(again) == rows(tmp_path / "dp")  # the noise is a function of (seed, round)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "sets", "message"),
+    [
+        ("hetlora", [], "hetlora aggregates by its own rule"),
+        ("homlora", ["federation.aggregation=num_examples"], "needs federation.aggregation: uniform"),
+    ],
+)
+def test_central_dp_refuses_what_clipping_cannot_bound(
+    fl_config: Path, algorithm: str, sets: list[str], message: str
+) -> None:
+    from pf2lora.errors import InputError
+    from pf2lora.runtime.flower.server import FlowerFederation
+
+    dp = "flower.dp={noise_multiplier: 1.0, clipping_norm: 1.0}"
+    cfg = load_config(fl_config, [f"algorithm={algorithm}", dp, *sets])
+    with pytest.raises(InputError, match=message):
+        FlowerFederation(LoopbackGrid(flower_app.client_app, []), cfg)
+
+
 # ---- real processes ------------------------------------------------------------------------------
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pf2lora.cli", *args]
@@ -301,6 +349,7 @@ def test_flower_simulation_engine_gives_inprocess_numbers(
     assert done.returncode == 0, done.stdout + done.stderr
     assert rows(out) == rows(inprocess / "hetlora")
     assert summary(out) == summary(inprocess / "hetlora")
+    assert len(list((out / ".flower" / "nodes").glob("*/client_*/round_2.pt"))) == 3  # state kept with the run
 
 
 def test_runtime_input_errors_are_one_line(fl_config: Path, tmp_path: Path) -> None:

@@ -111,6 +111,17 @@ class TaskSettings(_Strict):
     """Generation: evaluate at most this many test sources per client (0: all)."""
 
 
+class PrivacySettings(_Strict):
+    """Central differential privacy with client-side clipping (Flower's ``fixedclipping_mod`` on the nodes): each
+    client's update of the communicated adapter is clipped to ``clipping_norm`` before it leaves the node, and the
+    server adds Gaussian noise of std ``noise_multiplier`` × ``clipping_norm`` / (clients in the round) to the mean."""
+
+    noise_multiplier: float = Field(gt=0.0, le=1e6)
+    clipping_norm: float = Field(gt=0.0, le=1e12)
+    target_delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    """δ at which the cumulative ε is reported (Flower's RDP accountant)."""
+
+
 class FlowerSettings(_Strict):
     """How the Flower runtimes (``--runtime flower`` / ``flower-sim``) run rounds; the in-process runtime ignores it."""
 
@@ -122,6 +133,9 @@ class FlowerSettings(_Strict):
     """Seconds the server waits for a round's replies before going on without the missing ones."""
     join_timeout: float = Field(300.0, gt=0.0, le=86_400.0)
     """Seconds the server waits at the start for a node of every client (partition) to connect."""
+    dp: PrivacySettings | None = None
+    """Central differential privacy (unset: none); needs an algorithm whose aggregation is the weighted mean and
+    ``federation.aggregation: uniform``."""
 
 
 class ExperimentConfig(_Strict):

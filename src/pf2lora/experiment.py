@@ -369,6 +369,7 @@ def summarize(name: str, sim: Federation, history: History, metric: str, seconds
     common = sum(t.numel() for t in sim.global_state.values())
     private = sim.private_parameters_per_client()
     rounds = history.rounds
+    privacy = {k: rounds[-1][k] for k in ("dp_epsilon", "dp_delta") if rounds and k in rounds[-1]}
     return {
         "algorithm": name,
         "metric": metric,
@@ -381,6 +382,7 @@ def summarize(name: str, sim: Federation, history: History, metric: str, seconds
         ),
         "communicated_bytes_per_round": statistics.fmean(r["upload_bytes"] + r["download_bytes"] for r in rounds),
         "rounds": len(rounds),
+        **({"privacy": privacy} if privacy else {}),
         "wall_seconds": seconds,
     }
 

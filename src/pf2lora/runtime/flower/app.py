@@ -25,8 +25,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from pf2lora.federation import PrivacyError
 from pf2lora.runtime.flower.messages import error_kind, from_record, to_record
 from pf2lora.runtime.flower.node import NodeClient, NodeSettings
 
@@ -130,13 +133,23 @@ def _answer(message: Message, context: Context) -> Message:
             return Message(RecordDict({"node": node}), reply_to=message)
         received = from_record(message.content["global"])
         if message.metadata.message_type == "train":
-            t0 = time.perf_counter()
-            payload = client.train(rnd, received, int(message.content["run"]["checkpointed"]))
-            node = _node_record(client, **{"num-examples": payload.num_examples, "seconds": time.perf_counter() - t0})
-            metrics = MetricRecord({k: float(v) for k, v in payload.metrics.items()})
-            return Message(
-                RecordDict({"upload": to_record(payload.tensors), "metrics": metrics, "node": node}), reply_to=message
-            )
+
+            def train(message: Message, context: Context) -> Message:
+                t0 = time.perf_counter()
+                payload = client.train(rnd, received, int(message.content["run"]["checkpointed"]))
+                node = _node_record(
+                    client, **{"num-examples": payload.num_examples, "seconds": time.perf_counter() - t0}
+                )
+                metrics = MetricRecord({k: float(v) for k, v in payload.metrics.items()})
+                upload = to_record({k: payload.tensors[k] for k in message.content["global"] if k in payload.tensors})
+                return Message(RecordDict({"upload": upload, "metrics": metrics, "node": node}), reply_to=message)
+
+            if KEY_CLIPPING_NORM in message.content["run"]:  # central DP: Flower clips the update before it leaves
+                reply = fixedclipping_mod(message, context, train)
+                if reply.has_error():
+                    raise PrivacyError(f"flower.dp: clipping failed on the node: {reply.error.reason}")
+                return reply
+            return train(message, context)
         scores = client.evaluate(rnd, received)
         content = RecordDict({"metrics": MetricRecord(scores), "node": _node_record(client)})  # type: ignore[arg-type]
         return Message(content, reply_to=message)

@@ -64,7 +64,9 @@ def _progress(run_dir: Path, name: str, say: Callable[[str], None]) -> Callable[
         for rnd in sorted({r["round"] for r in rows if r["kind"] == "train" and r["round"] > shown[0]}):
             losses = [r["train_loss"] for r in rows if r["round"] == rnd and "train_loss" in r]
             mean = f", train_loss {sum(losses) / len(losses):.4f}" if losses else ""
-            say(f"{name} round {rnd}{mean}")
+            dp = next((r for r in rows if r["round"] == rnd and "dp_epsilon" in r), None)
+            spent = f", (ε, δ) = ({dp['dp_epsilon']:.3f}, {dp['dp_delta']:g})" if dp else ""
+            say(f"{name} round {rnd}{mean}{spent}")
             shown[0] = rnd
 
     return tick

@@ -37,6 +37,7 @@ from pf2lora.federation import (
 )
 from pf2lora.runtime.flower.messages import RAISES, from_record, to_record
 from pf2lora.runtime.flower.polling import retry_pulls_sooner
+from pf2lora.runtime.flower.privacy import CentralDP
 from pf2lora.runtime.rounds import ServerRound
 
 #: Seconds between polls for replies.
@@ -61,6 +62,11 @@ class FlowerFederation:
                 f"algorithm: {cfg.algorithm} pools every client's data in one place and has no federated form; "
                 "run it with --runtime inprocess"
             )
+        #: Central differential privacy (None: off).
+        self.dp: CentralDP | None = None
+        if cfg.flower.dp is not None:
+            CentralDP.check(self.algorithm, cfg.federation.aggregation)
+            self.dp = CentralDP(cfg.flower.dp, cfg.partition.num_clients, cfg.seed)
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.num_clients = cfg.partition.num_clients
         #: Identifies this run on the nodes (their state files); kept in checkpoints, so a resumed run finds them.
@@ -87,6 +93,8 @@ class FlowerFederation:
                 "run-key": self.run_key,
                 "round": rnd,
                 "checkpointed": (rnd - 1) // every * every,
+                "node-state-dir": self.node_state_dir,
+                **(self.dp.config_entries() if self.dp is not None else {}),
             }
         )
         content = RecordDict({"run": run})
@@ -219,6 +227,12 @@ class FlowerFederation:
             if on_client is not None:
                 on_client(row)
         new_global, summary = server.finish()
+        if self.dp is not None:
+            new_global, record = self.dp.release(rnd, new_global, len(done), len(sampled))
+            summary.update(record)
+            for row in server.rows:  # metrics.jsonl: each training row shows the privacy spent up to its round
+                row.update(dp_epsilon=record["dp_epsilon"], dp_delta=record["dp_delta"])
+            self.log(f"round {rnd}: (ε, δ) = ({record['dp_epsilon']:.3f}, {record['dp_delta']:g}) so far")
         if set(new_global) != set(self.communicated):
             raise PrivacyError(f"{self.algorithm.name}: round {rnd}: aggregate differs from the declaration")
         self.global_state, self.round = new_global, rnd
@@ -299,4 +313,6 @@ class FlowerFederation:
         self.private_counts = {int(k): int(v) for k, v in state["private_counts"].items()}
         h = state["history"]
         self.history = History(list(h["train"]), list(h["eval"]), list(h["rounds"]))
+        if self.dp is not None:
+            self.dp.replay(self.history.rounds)
         self._restored = state
