@@ -182,11 +182,11 @@ class LocalFederation:
                 proc.wait()
 
     def stop(self) -> None:
-        """Stop every process started here (SIGTERM to each process group, SIGKILL after 10 s)."""
+        """Stop every process started here (SIGTERM to each process group, SIGKILL after 5 s)."""
         for proc in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + 5.0
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -289,7 +289,7 @@ def _children() -> list[int]:
     return found
 
 
-def reap_orphans(timeout: float = 10.0) -> None:
+def reap_orphans(timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, every remaining child process (adopted orphans included) and reap them all."""
     deadline = time.monotonic() + timeout
     sig = signal.SIGTERM
