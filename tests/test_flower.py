@@ -372,21 +372,13 @@ def test_flower_simulation_engine_gives_inprocess_numbers(
 
 
 def test_runtime_input_errors_are_one_line(fl_config: Path, tmp_path: Path) -> None:
-    bad = subprocess.run(
-        cli("run", str(fl_config), "--out", str(tmp_path / "a"), "--runtime", "flower", "--supernodes", "2"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    def run(out: str, *args: str) -> subprocess.CompletedProcess:
+        command = cli("run", str(fl_config), "--out", str(tmp_path / out), *args)
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    bad = run("a", "--runtime", "flower", "--supernodes", "2")
     assert bad.returncode == 2 and "--supernodes: each SuperNode holds one client" in bad.stdout
-    pooled = subprocess.run(
-        cli("run", str(fl_config), "--out", str(tmp_path / "b"), "--runtime", "flower", "--algorithm", "centralized"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    pooled = run("b", "--runtime", "flower", "--algorithm", "centralized")
     assert pooled.returncode == 2 and "run it with --runtime inprocess" in pooled.stdout
-    wrong = subprocess.run(
-        cli("run", str(fl_config), "--out", str(tmp_path / "c"), "--runtime", "ray"), capture_output=True, text=True
-    )
+    wrong = run("c", "--runtime", "ray")
     assert wrong.returncode == 2 and "--runtime must be inprocess, flower or flower-sim" in wrong.stdout

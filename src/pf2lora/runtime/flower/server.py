@@ -167,9 +167,8 @@ class FlowerFederation:
         self._join(wait_for_all=True)
         # the model as the in-process runtime builds it (same seeding), for the shapes and initial values
         seed_everything(self.cfg.seed)
-        algorithm = make_algorithm(self.cfg.algorithm, self.cfg.hyperparameters(self.cfg.algorithm))
         task = DATASET_TASKS[self.cfg.data.dataset](None, self.cfg.task)
-        model = build_model(self.cfg, algorithm, task, max(self._num_labels.values()), torch.device("cpu"))
+        model = build_model(self.cfg, self.algorithm, task, max(self._num_labels.values()), torch.device("cpu"))
         self.communicated, self.private = self.algorithm.communicated(model), self.algorithm.private(model)
         if self._restored is None:
             self.global_state = self.algorithm.init_global(model, torch.Generator().manual_seed(self.cfg.seed))
