@@ -18,6 +18,7 @@ from pf2lora.data import (
     TextExample,
     dirichlet_split,
     group_split,
+    held_out_sample,
     iid_fraction_from_paper_s,
     label_sorted_split,
     load_dataset,
@@ -280,3 +281,53 @@ def test_hub_records_match_the_file_loaders(monkeypatch):
     assert qa[1].is_impossible and calls[-1] == ("rajpurkar/squad_v2", None, "train")
     with pytest.raises(ValueError, match="not supported"):
         load_dataset("e2e", "train", "hf://")
+
+
+# ---------------------------------------------------------------- the shared held-out set (global metrics)
+
+
+def test_held_out_sample_is_label_balanced() -> None:
+    labels = [0] * 70 + [1] * 20 + [2] * 10
+    idx = held_out_sample(labels, 60, 100, seed=0)
+    assert Counter(labels[i] for i in idx) == {0: 10, 1: 10, 2: 10}  # as many as the rarest label allows
+    assert idx == sorted(set(idx))
+    assert held_out_sample(labels, 60, 100, seed=0) == idx and held_out_sample(labels, 60, 100, seed=1) != idx
+    assert Counter(labels[i] for i in held_out_sample(labels, 10, 100, seed=0)) == {0: 3, 1: 3, 2: 3}
+    uniform = held_out_sample(None, 5, 100, seed=0)
+    assert len(set(uniform)) == 5 and all(0 <= i < 100 for i in uniform)
+    with pytest.raises(ValueError, match="3 labels"):
+        held_out_sample(labels, 2, 100, seed=0)
+
+
+def _token_rows(rows: list[dict]) -> set[tuple[int, ...]]:
+    return {tuple(r["input_ids"]) for r in rows}
+
+
+@needs_data
+def test_global_test_set_is_shared_balanced_and_disjoint(tiny_config: Path) -> None:
+    from pf2lora.config import load_config
+    from pf2lora.errors import InputError
+    from pf2lora.experiment import prepare
+
+    prepared = prepare(load_config(tiny_config, ["data.global_examples=40"]))
+    info = prepared.partition["global_test"]
+    assert info["split"] == "dev" and info["histogram"] == {"0": 20, "1": 20}  # auto: SST-2's dev split
+    dev = load_dataset("sst2", "dev", DATA_DIR)
+    shared = prepared.clients[0].global_test
+    assert all(c.global_test is shared for c in prepared.clients) and len(shared) == 40
+    assert [r["labels"] for r in shared] == [dev[i].label for i in info["indices"]]
+
+    # held out of the pool (all of SST-2 dev here, so that every example would reach a client if it were not)
+    overrides = ["data.split=dev", "data.max_examples=null", "data.global_split=pool", "data.global_examples=20"]
+    prepared = prepare(load_config(tiny_config, overrides))
+    shared = _token_rows(prepared.clients[0].global_test)
+    assert prepared.partition["global_test"]["split"] == "pool" and len(shared) == 20
+    for client in prepared.clients:
+        batch = client.fetch(np.arange(client.num_train))
+        train = {
+            tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        }
+        assert not shared & train and not shared & _token_rows(client.test)
+
+    with pytest.raises(InputError, match=r"data.global_split: 'train' is the pool"):
+        prepare(load_config(tiny_config, ["data.global_split=train"]), only=[])

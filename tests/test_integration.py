@@ -23,6 +23,7 @@ TINY = [
     "federation.local_steps=2",
     "federation.batch_size=4",
     "federation.eval_every=1",
+    "data.global_examples=16",
 ]
 
 
@@ -40,6 +41,7 @@ def test_compare_all_algorithms_on_sst2(tmp_path):
     summary = json.loads((out / "pf2lora" / "summary.json").read_text())
     assert set(summary["final"]["clients"]) == {"0", "1"}
     assert 0.0 <= summary["final"]["mean"]["accuracy"] <= 100.0
+    assert 0.0 <= summary["final"]["mean"]["global_accuracy"] <= 100.0  # on the shared dev sample
     assert summary["private_parameters_per_client"] > 0 and summary["communicated_parameters_per_round"] > 0
     homlora = json.loads((out / "homlora" / "summary.json").read_text())
     assert homlora["private_parameters_per_client"] == 0
@@ -48,7 +50,8 @@ def test_compare_all_algorithms_on_sst2(tmp_path):
     partition = json.loads((out / "pf2lora" / "partition.json").read_text())
     seen = [i for c in partition["clients"].values() for i in c["train"] + c["test"]]
     assert sorted(seen) == list(range(64))
-    for name in ("config.resolved.yaml", "curves.png"):
+    assert all("rank_mean" in r for r in rows if r["kind"] == "eval")
+    for name in ("config.resolved.yaml", "curves.png", "ranks.png"):
         assert (out / "pf2lora" / name).exists()
     assert (out / "compare.png").exists()
 
@@ -64,7 +67,7 @@ def test_same_config_same_numbers(tmp_path):
 def test_squad_v1_minilm(tmp_path):
     cfg = load_config(ROOT / "configs/mini/squad.yaml", [*TINY, "data.max_examples=24", "task.max_length=128"])
     summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)
-    assert {"exact_match", "f1"} <= set(summary["final"]["mean"])
+    assert {"exact_match", "f1", "global_exact_match", "global_f1"} <= set(summary["final"]["mean"])
 
 
 def test_e2e_smollm2(tmp_path):

@@ -140,7 +140,7 @@ def test_exported_client_adapters_load_in_plain_peft(tiny_config: Path, tmp_path
     sim.load_state_dict(checkpoint.load(run_dir))
     for client in prepared.clients:
         params = sim.evaluated_params(client)
-        batch = prepared.task.collate(client.test[0][:8])
+        batch = prepared.task.collate(client.test[:8])
         with torch.no_grad():
             ours = sim.model.call(params, **batch).logits
             base = AutoModelForSequenceClassification.from_pretrained(cfg.model.name, num_labels=2)

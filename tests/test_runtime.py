@@ -182,3 +182,29 @@ def test_streamed_aggregation_is_the_weighted_mean_bit_for_bit(how: str):
     streamed.run(), held.run()
     for name, t in streamed.global_state.items():
         assert torch.equal(t, held.global_state[name]), name
+
+
+def test_effective_ranks_from_factors_match_the_full_spectrum(tiny_model):
+    from pf2lora.adapters import effective_rank, truncate_rank
+
+    model = tiny_model(r=3, r_private=2)
+    params = {n: p.detach().clone() for n, p in model.net.named_parameters() if "lora_" in n}
+    params["fc2.lora_B"][:, 1:] = 0.0  # fc2's common part of rank 1: ranks differ between layers
+    for p in (params, truncate_rank(params, 1)):  # HETLoRA's truncated shapes too
+        for threshold in (0.5, 0.9, 1.0):
+            full = {n: effective_rank(d, threshold) for n, d in model.delta_weights(p).items()}
+            assert model.effective_ranks(p, threshold) == full
+    assert len(set(model.effective_ranks(params, 1.0).values())) == 2
+    zero = {n: torch.zeros_like(t) if n.endswith(("lora_B", "lora_D")) else t for n, t in params.items()}
+    assert set(model.effective_ranks(zero).values()) == {0}
+
+
+def test_eval_rows_carry_each_layers_effective_rank():
+    sim, history = simulate("pf2lora", rounds=1)
+    names = [f"rank:{n}" for n in sim.model.layers]
+    for row in history.eval:
+        ranks = [row[n] for n in names]
+        assert all(0 <= r <= 4 + 2 for r in ranks) and row["rank_mean"] == pytest.approx(np.mean(ranks))
+    assert any(row["rank_mean"] > 0 for row in history.eval)  # B starts at zero, D does not
+    _, off = simulate("pf2lora", rounds=1, rank_threshold=0.0)
+    assert not any(k.startswith("rank") for row in off.eval for k in row)

@@ -111,6 +111,15 @@ class TwoLevelLoRALinear(nn.Module):
             delta = delta + self.scaling_private * (d @ c)
         return delta
 
+    def delta_factors(self, params: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """ΔW as ``left @ right`` (``out×k``, ``k×in``, k = r + r̃): its spectrum without forming ΔW."""
+        p = params or {}
+        left, right = [self.scaling * p.get("lora_B", self.lora_B)], [p.get("lora_A", self.lora_A)]
+        if self.r_private:
+            left.append(self.scaling_private * p.get("lora_D", self.lora_D))
+            right.append(p.get("lora_C", self.lora_C))
+        return torch.cat(left, 1), torch.cat(right, 0)
+
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, r={self.r}, "
@@ -345,12 +354,20 @@ class AdaptedModel:
         """ΔW of every adapted layer at ``params`` (the personalized update of a client)."""
         out = {}
         for lname, layer in self.layers.items():
-            local = {
-                n[len(lname) + 1 :]: v
-                for n, v in params.items()
-                if n.startswith(lname + ".") and "." not in n[len(lname) + 1 :]
-            }
+            local = _layer_params(params, lname)
             out[lname] = layer.delta_weight(local).detach()
+        return out
+
+    def effective_ranks(self, params: Mapping[str, Tensor], threshold: float = 0.9) -> dict[str, int]:
+        """:func:`effective_rank` of every adapted layer's ΔW at ``params``, from its low-rank factors (two thin
+        QRs and a k×k SVD per layer, cheap at any width)."""
+        out = {}
+        for lname, layer in self.layers.items():
+            local = _layer_params(params, lname)
+            left, right = (t.detach().double() for t in layer.delta_factors(local))
+            r_left = torch.linalg.qr(left, mode="r").R
+            r_right = torch.linalg.qr(right.t(), mode="r").R
+            out[lname] = rank_of_spectrum(torch.linalg.svdvals(r_left @ r_right.t()), threshold)
         return out
 
     def trainable_parameters(self, params: Mapping[str, Tensor]) -> int:
@@ -358,11 +375,22 @@ class AdaptedModel:
         return sum(t.numel() for t in params.values())
 
 
+def _layer_params(params: Mapping[str, Tensor], layer: str) -> dict[str, Tensor]:
+    """The entries of ``params`` that belong to adapted layer ``layer``, under their local names."""
+    prefix = layer + "."
+    return {n[len(prefix) :]: v for n, v in params.items() if n.startswith(prefix) and "." not in n[len(prefix) :]}
+
+
 def effective_rank(delta: Tensor, threshold: float = 0.9) -> int:
     """The paper's rank rule: smallest ``j`` with ``Σ_{i≤j} σ_i ≥ threshold·Σ_i σ_i`` (0 for ΔW = 0)."""
+    return rank_of_spectrum(torch.linalg.svdvals(delta.detach().double()), threshold)
+
+
+def rank_of_spectrum(s: Tensor, threshold: float = 0.9) -> int:
+    """The paper's rank rule on singular values ``s`` (see :func:`effective_rank`)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    s = torch.linalg.svdvals(delta.detach().double())
+    s = s.sort(descending=True).values
     total = s.sum()
     if total <= 0:
         return 0

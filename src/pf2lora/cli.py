@@ -430,6 +430,79 @@ def compare(
         )
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    out: Annotated[Path, typer.Option(help="Output directory: one run directory per grid point (and seed).")],
+    grid: Annotated[
+        list[str], typer.Option(help="key.path=value1,value2,... (repeatable: the grid is every combination).")
+    ],
+    algorithm: Annotated[str | None, typer.Option(help="Algorithm (default: the config's).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds: every point once per seed.")] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue: skip finished points, resume the interrupted one.")] = False,
+    overwrite: OverwriteOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run one algorithm over a grid of config values; write sweep.md and one plot per metric."""
+    with _errors(debug):
+        import json
+
+        from pf2lora.io import write_json, write_text
+        from pf2lora.sweep import parse_grid, plot_sweep, sweep_metrics, sweep_table
+
+        try:
+            spec = parse_grid(grid)
+        except ValueError as e:
+            _fail(str(e))
+        overrides = list(set_ or []) + ([f"algorithm={algorithm}"] if algorithm else [])
+        overrides += [f"federation.device={device}"] if device else []
+        seed_list = _seeds(seeds)
+        runs = [
+            (point, seed, out / spec.folder(point) / (f"seed_{seed}" if seeds else ""))
+            for point in spec.points()
+            for seed in seed_list or [None]
+        ]
+        for point, seed, _ in runs:  # every point's config is checked before anything runs
+            cfg = _config(config, overrides + spec.overrides(point) + ([] if seed is None else [f"seed={seed}"]))
+        if resume and overwrite:
+            _fail("--resume and --overwrite exclude each other")
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (resume or overwrite))):
+            _fail(f"--out {out}: holds an earlier sweep or other files; pass --resume to continue it or --overwrite")
+        results: dict[tuple[str, ...], list[dict[str, Any]]] = {point: [] for point in spec.points()}
+        for i, (point, seed, where) in enumerate(runs, 1):
+            console.print(
+                f"point {i}/{len(runs)}: {' '.join(spec.overrides(point))}" + ("" if seed is None else f", seed {seed}")
+            )
+            if resume and (where / "summary.json").is_file():
+                console.print("finished earlier, skipped (--resume)")
+                results[point].append(json.loads((where / "summary.json").read_text(encoding="utf-8")))
+                continue
+            extra = spec.overrides(point) + ([] if seed is None else [f"seed={seed}"])
+            with _session(config, overrides + extra, where, resume, overwrite) as prepared:
+                results[point].append(_run_all(prepared, [prepared.cfg.algorithm], where, resume)[0])
+        title = f"{cfg.name}: {cfg.algorithm} sweep"
+        table = sweep_table(spec, results, title, seed_list or [cfg.seed])
+        write_text(out / "sweep.md", table)
+        write_json(
+            out / "sweep.json",
+            {
+                "keys": list(spec.keys),
+                "points": [
+                    {"values": list(point), "dir": spec.folder(point), "summaries": results[point]}
+                    for point in spec.points()
+                ],
+            },
+        )
+        plots = []
+        for metric in sweep_metrics([s for r in results.values() for s in r]):
+            plot_sweep(spec, results, metric, out / f"sweep_{metric}.png")
+            plots.append(f"sweep_{metric}.png")
+        console.print(table)
+        console.print(f"wrote {out / 'sweep.md'}, {', '.join(plots)}")
+
+
 def _seeds(text: str | None) -> list[int]:
     """``--seeds 0,1,2`` as distinct non-negative integers (a one-line error otherwise)."""
     if text is None:

@@ -62,6 +62,14 @@ class DataSettings(_Strict):
     max_examples: int | None = Field(None, ge=1, le=100_000_000)
     """Random subsample of the pool (before partitioning), for CPU-sized runs; at most 10**8 (far above any pool)
     and at least two per client (a train and a test example each)."""
+    global_split: _NonEmptyStr | None = "auto"
+    """The shared held-out set every client's model is also scored on (``global_*`` metrics), so that learning the
+    task can be told from learning a client's label prior: a split of the dataset (e.g. ``dev``), ``pool`` (held
+    out of the pool before subsampling and partitioning), ``auto`` (``dev`` where the dataset has one and the pool
+    is another split, else ``pool``) or null (none)."""
+    global_examples: int = Field(500, ge=1, le=100_000_000)
+    """Size of the shared held-out set: label-balanced for classification (equal counts per label), a random
+    sample otherwise; the same set for every seed. Generation scores at most ``task.eval_examples_per_client``."""
 
 
 class PartitionSettings(_Strict):

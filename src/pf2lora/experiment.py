@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,11 @@ from pf2lora.adapters import AdaptedModel, Params, add_two_level_lora
 from pf2lora.algorithms import ALGORITHMS, Algorithm, ClientState, make_algorithm
 from pf2lora.config import ExperimentConfig, dump_config
 from pf2lora.data import (
+    DATASET_LAYOUT,
     Partition,
     dirichlet_split,
     group_split,
+    held_out_sample,
     label_sorted_split,
     load_dataset,
     train_test_split_per_client,
@@ -75,6 +78,47 @@ def split_clients(cfg: ExperimentConfig, keys: Sequence[Any]) -> tuple[Partition
     return train_test_split_per_client(part, p.test_fraction, cfg.seed, labels=stratify)
 
 
+#: Seed of the shared held-out sample: one set for every run seed, so that spread over seeds is training's alone.
+GLOBAL_TEST_SEED = 0
+
+
+def global_split(cfg: ExperimentConfig) -> str | None:
+    """``data.global_split``, ``auto`` resolved: ``dev`` where the dataset has one beside the pool, else ``pool``."""
+    d = cfg.data
+    if d.global_split == "auto":
+        return "dev" if "dev" in DATASET_LAYOUT[d.dataset].splits and d.split != "dev" else "pool"
+    return d.global_split
+
+
+def global_test_examples(
+    cfg: ExperimentConfig, task_cls: type[Task], pool: list[Any]
+) -> tuple[list[Any] | None, dict[str, Any] | None, list[Any]]:
+    """The shared held-out set of ``data.global_split`` (None when off), what ``partition.json`` records of it,
+    and the pool left for the clients (smaller only when the set is held out of it)."""
+    d = cfg.data
+    split = global_split(cfg)
+    if split is None:
+        return None, None, pool
+    if split == d.split:
+        raise InputError(
+            f"data.global_split: {split!r} is the pool the clients are drawn from, so the shared set would overlap "
+            "their data; use 'pool' to hold it out of the pool, or another split"
+        )
+    source = pool if split == "pool" else load_dataset(d.dataset, split, d.data_dir)
+    labels = task_cls.partition_keys(source) if task_cls.kind == "classification" else None
+    try:
+        picked = held_out_sample(labels, d.global_examples, len(source), GLOBAL_TEST_SEED)
+    except ValueError as e:
+        raise InputError(f"data.global_examples: {e} in split {split!r}") from None
+    info: dict[str, Any] = {"split": split, "indices": picked}
+    if labels is not None:
+        info["histogram"] = {str(a): b for a, b in sorted(Counter(labels[i] for i in picked).items())}
+    if split != "pool":
+        return [source[i] for i in picked], info, pool
+    held = set(picked)
+    return [pool[i] for i in picked], info, [e for i, e in enumerate(pool) if i not in held]
+
+
 def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None, only: Sequence[int] | None = None) -> Prepared:
     r"""Load the pool, subsample, partition, and build every client's tokenized data (``only``: just those
     clients', as a node that holds one client of the federation does).
@@ -85,6 +129,7 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None, only: Sequence[
     task_cls = DATASET_TASKS[cfg.data.dataset]
     models.check(cfg.model.name, task_cls.kind)
     examples = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.data_dir)
+    shared, shared_info, examples = global_test_examples(cfg, task_cls, examples)
     if cfg.data.max_examples and len(examples) > cfg.data.max_examples:
         keep = sorted(random.Random(cfg.seed).sample(range(len(examples)), cfg.data.max_examples))
         examples = [examples[i] for i in keep]
@@ -108,6 +153,10 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None, only: Sequence[
         task.client(str(k), [examples[i] for i in train.clients[k]], [examples[i] for i in test.clients[k]])
         for k in (range(train.num_clients) if only is None else only)
     ]
+    if shared is not None and clients:
+        global_test = task.test_set(shared)  # encoded once: every client's model is scored on the same set
+        for client in clients:
+            client.global_test = global_test
     partition = {
         "method": cfg.partition.method,
         "clients": {
@@ -119,6 +168,7 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None, only: Sequence[
             }
             for k in range(train.num_clients)
         },
+        **({"global_test": shared_info} if shared_info else {}),
     }
     return Prepared(cfg, task, clients, partition, _num_labels(examples))
 
@@ -259,6 +309,7 @@ def execute(
     seconds = elapsed + time.perf_counter() - t0
     summary = summarize(name, runtime, history, metric, seconds)
     plot_run(history, metric, out / "curves.png", display_name(name))
+    plot_ranks(history, out / "ranks.png", display_name(name))
     write_json(out / "summary.json", summary)  # last: its presence marks a finished run
     return summary
 
@@ -408,11 +459,42 @@ def plot_run(history: History, metric: str, path: Path, label: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(*_mean_by_round(history.train, "train_loss"), label=label)
     a.set(title="mean client training loss", xlabel="round")
-    b.plot(*_mean_by_round(history.eval, metric), label=label)
+    b.plot(*_mean_by_round(history.eval, metric), label=f"{label}, own test split")
+    if any(f"global_{metric}" in r for r in history.eval):
+        b.plot(*_mean_by_round(history.eval, f"global_{metric}"), "--", label=f"{label}, shared held-out set")
     b.set(title=f"mean client test {metric}", xlabel="round")
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def plot_ranks(history: History, path: Path, label: str) -> None:
+    """Effective rank of each client's personalized ΔW per round: the mean over adapted layers (line) and their
+    range (band), one colour per client; nothing when ranks were not tracked."""
+    rows = [r for r in history.eval if "rank_mean" in r]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    clients = sorted({r["client"] for r in rows}, key=lambda c: (len(c), c))
+    for i, cid in enumerate(clients):
+        mine = [r for r in rows if r["client"] == cid]
+        layers = [[v for k, v in r.items() if k.startswith("rank:")] for r in mine]
+        rounds = [r["round"] for r in mine]
+        colour = plt.get_cmap("tab10")(i % 10)
+        ax.plot(rounds, [r["rank_mean"] for r in mine], marker="o", ms=3, color=colour, label=f"client {cid}")
+        ax.fill_between(rounds, [min(x) for x in layers], [max(x) for x in layers], color=colour, alpha=0.12)
+    ax.set(title=f"{label}: effective rank of each client's ΔW (mean and range over layers)", xlabel="round")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
@@ -430,12 +512,23 @@ def comparison_table(cfg: ExperimentConfig, per_seed: Mapping[int, Sequence[dict
         "f1": ["exact_match"],
         "BLEU": ["NIST", "METEOR", "ROUGE_L", "CIDEr", "TER"],
     }
+    shared = {"accuracy": ["mcc"], "mcc": ["accuracy"]}  # the shared set is balanced: accuracy is balanced there
     cols = [metric, *extra.get(metric, [])]
+    cols += [f"global_{c}" for c in (metric, *shared.get(metric, [])) if f"global_{c}" in runs[0][0]["final"]["mean"]]
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    split = global_split(cfg)
+    kind = "label-balanced " if DATASET_TASKS[cfg.data.dataset].kind == "classification" else ""
+    where = "a held-out part of the pool" if split == "pool" else f"the `{split}` split"
     lines = [
         f"**{cfg.name}** — {cfg.data.dataset}, {cfg.model.name}, {cfg.partition.num_clients} clients "
         f"({cfg.partition.method}), {cfg.federation.rounds} rounds × {cfg.federation.local_steps} local steps, "
-        f"{over}; mean over clients of each client's own test split",
+        f"{over}. Personalized: mean over clients of each client's model on its own test split"
+        + (
+            f"; global_*: mean over clients of each client's model on one shared {kind}set "
+            f"({cfg.data.global_examples} examples at most, from {where})"
+            if any(c.startswith("global_") for c in cols)
+            else ""
+        ),
         "",
         "| Method | Trainable params / client | Communicated params / round | " + " | ".join(cols) + " |",
         "|---|---:|---:|" + "---:|" * len(cols),

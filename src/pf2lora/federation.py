@@ -29,12 +29,14 @@ class PrivacyError(RuntimeError):
 
 @dataclass
 class ClientData:
-    """One client's local data: ``fetch(indices)`` builds a training batch; ``test`` is for the evaluator."""
+    """One client's local data: ``fetch(indices)`` builds a training batch; ``test`` (the client's own test split)
+    and ``global_test`` (the set shared by all clients, or None) are for the evaluator."""
 
     cid: str
     num_train: int
     fetch: Callable[[np.ndarray], Any]
     test: Any = None
+    global_test: Any = None
 
 
 def pool_clients(clients: Sequence[ClientData], cid: str = "pooled") -> ClientData:
@@ -137,6 +139,9 @@ class FederationConfig(BaseModel):
     aggregation: Literal["uniform", "num_examples"] = "uniform"
     eval_every: int = Field(1, ge=0)
     """Evaluate every this many rounds (0: only after the last round)."""
+    rank_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """At every evaluation, the effective rank of each client's personalized ΔW per adapted layer (the paper's
+    rule: the fewest singular values holding this share of their sum) goes into the eval rows; 0: not tracked."""
     checkpoint_every: PositiveInt = 1
     """Checkpoint the whole federation every this many rounds (and always after the last)."""
     device: str = Field("auto", pattern=DEVICE_PATTERN)

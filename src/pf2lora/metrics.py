@@ -4,18 +4,30 @@ generation (E2E-style BLEU, NIST, METEOR, ROUGE-L, CIDEr, TER).
 Every generation metric is corpus-level and scores each hypothesis against *all* of its references (the number of
 references may vary between inputs). Scales follow how results are reported: BLEU, METEOR, ROUGE-L, TER and the
 SQuAD scores in percent, NIST and CIDEr raw, accuracy and Matthews correlation as fractions (as scikit-learn).
-NIST, METEOR and CIDEr share one tokenisation: lowercase, then mteval-13a (sacreBLEU's default tokeniser).
+METEOR, ROUGE-L and CIDEr are the MS-COCO caption evaluation code (pycocoevalcap) run as the E2E challenge's script
+runs it (see ``generation_metrics``); NIST and the exact-match METEOR fallback tokenise with lowercased mteval-13a.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import shutil
 import string
+import subprocess
+import tempfile
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer import ptbtokenizer
 from sacrebleu.metrics import BLEU, TER
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
@@ -150,16 +162,6 @@ def ter(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float
     return float(TER().corpus_score(list(hypotheses), _reference_streams(references)).score)
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """ROUGE-L F-measure (0–100) by rouge-score, the best reference per hypothesis, averaged over the corpus."""
-    from rouge_score import rouge_scorer  # imports NLTK (about a second), so only when ROUGE is asked for
-
-    _check_corpus(hypotheses, references)
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    pairs = zip(hypotheses, references, strict=True)
-    return 100.0 * float(np.mean([scorer.score_multi(list(refs), hyp)["rougeL"].fmeasure for hyp, refs in pairs]))
-
-
 # mteval's beta: the brevity penalty is 0.5 when the output is 2/3 as long as the references.
 _NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
 
@@ -193,7 +195,8 @@ def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: 
     return precision * penalty
 
 
-# Partial alignments kept per hypothesis word; the search is exact whenever fewer distinct ones exist.
+# METEOR without Java (exact matches only). Partial alignments kept per hypothesis word; the search is exact
+# whenever fewer distinct ones exist.
 _METEOR_BEAM = 64
 
 
@@ -249,12 +252,15 @@ def _meteor_from_stats(matches: int, chunks: int, hyp_len: int, ref_len: int) ->
     return fmean * (1.0 - 0.5 * (chunks / matches) ** 3)
 
 
-def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus METEOR (0–100), exact matches only: Fmean (alpha 0.9) · (1 − 0.5 (chunks/matches)³) on the summed
-    statistics of each hypothesis' best reference, as METEOR 1.5's system-level score."""
-    # Own implementation: METEOR 1.5 is a Java jar (inside pycocoevalcap's 100 MB wheel), and NLTK's meteor_score
-    # needs the WordNet download (impossible offline), aligns greedily instead of minimising chunks and is
-    # sentence-level. This equals METEOR 1.5 run with `-norm -m exact -p "0.9 3.0 0.5 0.5"` (see the tests).
+def meteor_exact_match(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """METEOR with exact matches only (0–100): the fallback ``generation_metrics`` reports as ``METEOR_exact_match``
+    where METEOR 1.5 cannot run (no Java). Not METEOR 1.5 and not comparable with published METEOR: it has no stem,
+    synonym or paraphrase matches, no function-word weighting and Banerjee & Lavie's parameters (alpha 0.9, beta 3,
+    gamma 0.5), so it scores far higher (79 where METEOR 1.5 gives 45 on 60 E2E dev inputs, a held-out reference
+    as the output).
+
+    Fmean (alpha 0.9) · (1 − 0.5 (chunks/matches)³) on the summed statistics of each hypothesis' best reference, as
+    METEOR 1.5's system-level score; equal to METEOR 1.5 run with ``-norm -m exact -p "0.9 3.0 0.5 0.5"``."""
     hyps, refs = _tokenized(hypotheses, references)
     totals = [0, 0, 0, 0]  # matches, chunks, hypothesis words, reference words of each hypothesis' best pair
     for hyp, ref_list in zip(hyps, refs, strict=True):
@@ -264,45 +270,205 @@ def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> fl
     return 100.0 * _meteor_from_stats(*totals)
 
 
-def cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4, sigma: float = 6.0) -> float:
-    """CIDEr-D as coco-caption computes it: clipped tf-idf cosine of 1..4-grams (idf over this corpus' references,
-    one document per input) with a Gaussian length penalty (sigma 6), times 10."""
-    # Own implementation: pycocoevalcap's CIDEr-D is pure Python but comes only in a 100 MB wheel of Java jars
-    # (tokeniser, METEOR, SPICE); this reproduces it (values cross-checked in the tests).
-    hyps, refs = _tokenized(hypotheses, references)
-    ref_counts = [[_ngram_counts(ref, max_n) for ref in ref_list] for ref_list in refs]
-    doc_freq = Counter(gram for counts in ref_counts for gram in set().union(*counts))
-    log_docs = math.log(len(hyps))
+# --------------------------------------------------- METEOR 1.5, ROUGE-L, CIDEr-D: MS-COCO caption code, as e2e-metrics
+#
+# tuetschek/e2e-metrics (measure_scores.py, run_coco_eval -> its bundled pycocoevalcap/eval.py, COCOEvalCap.evaluate)
+# tokenises references and outputs with PTBTokenizer (Stanford CoreNLP 3.4.1, `-preserveLines -lowerCase`, then drops
+# the tokens in PTBTokenizer.PUNCTUATIONS), and scores the token strings with Meteor() ("METEOR"), Rouge() ("ROUGE_L")
+# and Cider() ("CIDEr", which is CIDEr-D: clipped counts and a Gaussian length penalty). pycocoevalcap 1.2 on PyPI
+# bundles the same jars (identical git blobs) and, up to Python 3 syntax, the same Python code.
 
-    def tfidf(counts: Counter[tuple[str, ...]]) -> tuple[list[dict[tuple[str, ...], float]], list[float]]:
-        vec: list[dict[tuple[str, ...], float]] = [{} for _ in range(max_n)]
-        for gram, tf in counts.items():
-            vec[len(gram) - 1][gram] = tf * (log_docs - math.log(max(1, doc_freq[gram])))
-        return vec, [math.sqrt(sum(v * v for v in order.values())) for order in vec]
 
-    total = 0.0
-    for hyp, ref_list, counts_list in zip(hyps, refs, ref_counts, strict=True):
-        hyp_vec, hyp_norm = tfidf(_ngram_counts(hyp, max_n))
-        score = 0.0
-        for ref, counts in zip(ref_list, counts_list, strict=True):
-            ref_vec, ref_norm = tfidf(counts)
-            # coco-caption counts length in bigrams; where both norms are non-zero the difference is the same.
-            penalty = math.exp(-((len(hyp) - len(ref)) ** 2) / (2 * sigma**2))
-            for n in range(max_n):
-                if hyp_norm[n] and ref_norm[n]:
-                    dot = sum(min(w, ref_vec[n].get(g, 0.0)) * ref_vec[n].get(g, 0.0) for g, w in hyp_vec[n].items())
-                    score += penalty * dot / (hyp_norm[n] * ref_norm[n])
-        total += 10.0 * score / (max_n * len(ref_list))
-    return total / len(hyps)
+class _JavaFailed(RuntimeError):
+    """A Java tool of the MS-COCO caption code could not run."""
+
+
+def _java() -> str | None:
+    """The ``java`` that pycocoevalcap would start (its commands name plain ``java``), or None if there is none."""
+    return shutil.which("java")
+
+
+def _one_line(text: str) -> str:
+    # pycocoevalcap replaces only "\n"; PTBTokenizer also breaks lines at \r, \v, \f and U+2028, which would shift
+    # every later sentence, so every line boundary Python knows becomes a space (no other text changes).
+    return " ".join(text.splitlines())
+
+
+_PTB_PUNCTUATION = frozenset(ptbtokenizer.PUNCTUATIONS)
+
+
+def _ptb_tokenize(texts: Sequence[str], java: str) -> list[str]:
+    """pycocoevalcap's ``PTBTokenizer.tokenize`` on a list: one PTBTokenizer run over a file of the texts (in a fresh
+    temporary folder, not the package's own), lowercased, the tokens in its PUNCTUATIONS dropped."""
+    jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    with tempfile.TemporaryDirectory(prefix="pf2lora-ptb-") as tmp:
+        path = Path(tmp) / "sentences.txt"
+        # As pycocoevalcap: the sentences joined by "\n", no final newline (the tokeniser reads a file, not stdin:
+        # from stdin it leaves some first words uncased).
+        path.write_bytes("\n".join(_one_line(t) for t in texts).encode("utf-8", "replace"))
+        cmd = [java, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"]
+        try:
+            proc = subprocess.run([*cmd, str(path)], capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        except OSError as exc:
+            raise _JavaFailed(f"PTBTokenizer did not start: {exc}") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise _JavaFailed(f"PTBTokenizer exited with {proc.returncode}: {err[-1] if err else 'no message'}")
+    lines = proc.stdout.decode("utf-8", "replace").split("\n")
+    if len(lines) == len(texts) + 1 and lines[-1] == "":
+        lines.pop()  # the newline after the last sentence (absent when that sentence is empty)
+    if len(lines) != len(texts):
+        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} sentences")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in _PTB_PUNCTUATION) for line in lines]
+
+
+# Python stand-in for PTBTokenizer + PUNCTUATIONS where Java is missing, for ROUGE_L and CIDEr only. Punctuation
+# that the jar turns into a dropped token becomes a space; "(" and the like become -lrb- etc., which pycocoevalcap
+# keeps (its list has them in upper case, the tokeniser lowercases them).
+_PTB_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_PTB_LIKE_RULES = [
+    (re.compile(r"£"), " # "),
+    (re.compile(r"[$€]"), " $ "),
+    (re.compile(r"[\u201c\u201d\u201e\"]|\u2026|\.\.\.+|[\u2013\u2014]|--+|[;!?]"), " "),
+    (re.compile(r"[\u2018\u2019\u201a`]"), "'"),
+    (re.compile(r"(?<=\S)-(?=\s|$)|(?:^|(?<=\s))-(?=[^\s\d])"), " "),  # a hyphen on a word's edge
+    (re.compile(r"(?:^|(?<=\s))\.(?=[^\s.])"), " "),  # a period before a word
+    (re.compile(r"(?<=\d\.\d)(?=[^\W\d_])|(?<=\d\.\d\d)(?=[^\W\d_])|(?<=\d\.\d\d\d)(?=[^\W\d_])"), " "),  # 1.8g
+    *((re.compile(re.escape(bracket)), f" {token} ") for bracket, token in _PTB_BRACKETS.items()),
+    (re.compile(r"([%*&])"), r" \1 "),
+    (re.compile(r"(?<!\d),|,(?!\d)"), " , "),  # kept as a token until the period rule below has seen it
+    (re.compile(r"(?<!\d):|:(?!\d)"), " "),
+    (re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)(?=[\s.,]|$)"), r" \1"),
+    (re.compile(r"(?<=\w\w)'(?=\w\w)"), " "),  # Marc'Antonio (but O'Neil stays)
+    (re.compile(r"(?:^|(?<=\s))'(?!(?:s|re|ve|ll|d|m)(?:\s|$))|'(?=[\s.,]|$)"), " "),  # quotes
+]
+_PTB_LIKE_ABBREVIATION = re.compile(
+    r"(?:[^\W\d_]\.)+|(?:mr|mrs|ms|dr|prof|st|jr|sr|inc|corp|ltd|co|vs|etc|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|"
+    r"nov|dec|mt|ft|gen|gov|capt|col|lt|sgt)\."
+)
+
+
+def _ptb_like_tokenize(text: str) -> str:
+    """What ``_ptb_tokenize`` gives for one text, approximately, without Java (same on about 99% of E2E and WebNLG
+    references; the rest differ in a token or two)."""
+    text = _one_line(text).lower()
+    for pattern, replacement in _PTB_LIKE_RULES:
+        text = pattern.sub(replacement, text)
+    tokens = text.split()
+    out = []
+    for i, tok in enumerate(tokens):
+        at_end = len(tok) > 1 and tok.endswith(".") and tokens[i + 1 : i + 2] != [","]  # "centre., near" keeps it
+        if at_end and not _PTB_LIKE_ABBREVIATION.fullmatch(tok):
+            tok = tok.rstrip(".")
+        if tok and tok not in _PTB_PUNCTUATION:
+            out.append(tok)
+    return " ".join(out)
+
+
+class _Meteor15(Meteor):
+    """pycocoevalcap's METEOR 1.5 client, unchanged (its command ``java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en
+    -norm``, its protocol, its lock) but for a ``close`` that always ends the JVM. The base class' ``__del__`` takes
+    the lock, which ``compute_score`` leaves held when the JVM dies mid-call: it would then hang the garbage
+    collector; and it fails with an AttributeError when ``java`` did not start."""
+
+    def close(self) -> None:
+        proc = self.__dict__.pop("meteor_p", None)
+        if proc is None:
+            return
+        proc.kill()  # a no-op once it has exited; it holds no state worth a clean shutdown
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):  # a broken pipe when unsent input is flushed
+                stream.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _start_meteor() -> _Meteor15 | None:
+    try:
+        return _Meteor15()
+    except OSError as exc:
+        warnings.warn(f"METEOR 1.5 did not start ({exc}); reporting METEOR_exact_match instead", stacklevel=3)
+        return None
+
+
+def _coco_score(scorer: Any, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    """``scorer.compute_score`` on token strings as COCOEvalCap passes them: {id: [references]}, {id: [output]}."""
+    res = {i: [h] for i, h in enumerate(hyps)}
+    gts = {i: list(r) for i, r in enumerate(refs)}
+    return float(scorer.compute_score(gts, res)[0])
+
+
+def _coco_tokenized(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str]], java: str
+) -> tuple[list[str], list[list[str]]] | None:
+    """Outputs and references as e2e-metrics hands them to the scorers (None, with a warning, if Java fails)."""
+    try:
+        hyps = _ptb_tokenize(hypotheses, java)  # as COCOEvalCap: outputs and references in separate runs
+        flat = _ptb_tokenize([r for refs in references for r in refs], java)
+    except _JavaFailed as exc:
+        warnings.warn(f"{exc}; reporting METEOR_exact_match instead of METEOR", stacklevel=3)
+        return None
+    grouped, start = [], 0
+    for refs in references:
+        grouped.append(flat[start : start + len(refs)])
+        start += len(refs)
+    return hyps, grouped
 
 
 def generation_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """The E2E/WebNLG/DART metric suite on one corpus: BLEU, NIST, METEOR, ROUGE_L, CIDEr and TER."""
-    return {
-        "BLEU": bleu(hypotheses, references),
-        "NIST": nist(hypotheses, references),
-        "METEOR": meteor(hypotheses, references),
-        "ROUGE_L": rouge_l(hypotheses, references),
-        "CIDEr": cider(hypotheses, references),
-        "TER": ter(hypotheses, references),
-    }
+    """The E2E/WebNLG/DART metric suite on one corpus, with METEOR, ROUGE-L and CIDEr as the E2E challenge's official
+    script (tuetschek/e2e-metrics, ``measure_scores.py``) computes them. Keys, in this order: ``BLEU``, ``NIST``,
+    ``METEOR`` (or ``METEOR_exact_match``, see below), ``ROUGE_L``, ``CIDEr``, ``TER``.
+
+    - ``METEOR`` (0–100): METEOR 1.5 (Java; exact, stem, synonym and paraphrase matches, ``-l en -norm``) through
+      pycocoevalcap's ``Meteor``; ``ROUGE_L`` (0–100): pycocoevalcap's ``Rouge`` (LCS; the best precision and the best
+      recall over the references, combined with beta 1.2); ``CIDEr`` (raw): pycocoevalcap's ``Cider``, which is CIDEr-D
+      (clipped tf-idf n-grams, idf over this corpus' references, Gaussian length penalty). All three score what
+      e2e-metrics scores: the Stanford PTBTokenizer's lowercased tokens (Java) less pycocoevalcap's punctuation list.
+    - ``BLEU`` and ``TER``: sacreBLEU's defaults (case-sensitive); ``NIST``: mteval-v13a's formula on lowercased text.
+
+    Without Java (no ``java`` on PATH, or the JVM does not start or dies) METEOR 1.5 cannot run, and the key
+    ``METEOR`` is absent (tables show "–"): ``METEOR_exact_match`` (:func:`meteor_exact_match`: exact matches only,
+    not comparable with METEOR 1.5 or any published METEOR) takes its place, with a warning. ``ROUGE_L`` and ``CIDEr``
+    are then computed on a Python stand-in for the PTBTokenizer (identical tokens for about 99% of E2E and WebNLG
+    references).
+
+    Each call starts its own JVMs (two PTBTokenizer runs of well under a second, and METEOR, whose paraphrase table
+    takes about 10 s and 1 GB to load; it starts first so that the other metrics run meanwhile) and ends them before
+    returning, on errors too, so calls from several threads share nothing.
+    """
+    _check_corpus(hypotheses, references)
+    java = _java()
+    if java is None:
+        warnings.warn("no java on PATH: reporting METEOR_exact_match instead of METEOR 1.5", stacklevel=2)
+    meteor = _start_meteor() if java else None
+    meteor_score: float | None = None
+    try:
+        tokens = _coco_tokenized(hypotheses, references, java) if java else None
+        hyps, refs = tokens or (
+            [_ptb_like_tokenize(h) for h in hypotheses],
+            [[_ptb_like_tokenize(r) for r in rs] for rs in references],
+        )
+        first = {"BLEU": bleu(hypotheses, references), "NIST": nist(hypotheses, references)}
+        last = {
+            "ROUGE_L": 100.0 * _coco_score(Rouge(), hyps, refs),
+            "CIDEr": _coco_score(Cider(), hyps, refs),
+            "TER": ter(hypotheses, references),
+        }
+        if meteor is not None and tokens is not None:
+            # pycocoevalcap cleans "|||" (its field separator) from the outputs only; the references get the same.
+            clean = [[r.replace("|||", "").replace("  ", " ") for r in rs] for rs in refs]
+            try:
+                meteor_score = 100.0 * _coco_score(meteor, hyps, clean)
+            except (OSError, ValueError) as exc:  # a broken pipe, or no number where a score was due
+                warnings.warn(f"METEOR 1.5 failed ({exc!r}); reporting METEOR_exact_match instead", stacklevel=2)
+    finally:
+        if meteor is not None:
+            meteor.close()
+    if meteor_score is None:
+        meteor_key, meteor_score = "METEOR_exact_match", meteor_exact_match(hypotheses, references)
+    else:
+        meteor_key = "METEOR"
+    return {**first, meteor_key: meteor_score, **last}

@@ -192,6 +192,23 @@ def train_test_split_per_client(
     )
 
 
+def held_out_sample(labels: Sequence[Hashable] | None, size: int, n: int, seed: int) -> list[int]:
+    """Sorted indices of a held-out sample of at most ``size`` of ``n`` examples: label-balanced when ``labels``
+    are given (the same count of every label, as many as the rarest label allows), else uniform."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return sorted(rng.permutation(n)[:size].tolist())
+    codes = _encode(labels)
+    counts = np.bincount(codes)
+    per_label = min(size // len(counts), int(counts.min()))
+    if per_label == 0:
+        raise ValueError(f"{size} held-out examples cannot hold every one of {len(counts)} labels equally")
+    picked: list[int] = []
+    for value in range(len(counts)):
+        picked += rng.permutation(np.flatnonzero(codes == value))[:per_label].tolist()
+    return sorted(picked)
+
+
 def _encode(labels: Sequence[Hashable]) -> np.ndarray:
     """Dense integer codes 0..L-1 of the labels, in sorted label order."""
     if len(labels) == 0:

@@ -13,6 +13,7 @@ serializable dict (:meth:`Simulation.state_dict`), so a run resumes bit for bit.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -245,6 +246,14 @@ class Simulation:
         with loss_scaling(self.scaler):
             return self._personalize(self.model, client)
 
+    def _ranks(self, params: Params) -> dict[str, float]:
+        """``rank:<layer>`` per adapted layer of the personalized ΔW and their mean ``rank_mean`` (none when
+        ``rank_threshold`` is 0)."""
+        if not self.config.rank_threshold or not self.model.layers:
+            return {}
+        ranks = self.model.effective_ranks(params, self.config.rank_threshold)
+        return {f"rank:{name}": float(r) for name, r in ranks.items()} | {"rank_mean": statistics.fmean(ranks.values())}
+
     def evaluate(self) -> None:
         """Evaluate every evaluation client's personalized model (batched like training); appends eval rows."""
         if self.evaluator is None:
@@ -258,7 +267,8 @@ class Simulation:
                 def score(model: AdaptedModel) -> dict[str, float]:
                     params = self._personalize(model, client)
                     with torch.inference_mode():  # evaluation never feeds autograd: no version counters, no views
-                        return evaluator(model, params, client)
+                        metrics = evaluator(model, params, client)
+                    return metrics | self._ranks(params)
 
                 return score
 

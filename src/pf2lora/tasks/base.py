@@ -45,8 +45,20 @@ class Task(ABC):
 
     @abstractmethod
     def client(self, cid: str, train: Sequence[Any], test: Sequence[Any]) -> ClientData:
-        """A client holding ``train`` (as batches) and ``test`` (for evaluation)."""
+        """A client holding ``train`` (as batches) and ``test`` (for evaluation, as :meth:`test_set`)."""
 
     @abstractmethod
+    def test_set(self, examples: Sequence[Any]) -> Any:
+        """Test examples in the form :meth:`score` reads (encoded once, scored at every evaluation)."""
+
+    @abstractmethod
+    def score(self, model: AdaptedModel, params: Params, test: Any) -> dict[str, float]:
+        """Metrics of the model ``params`` on one :meth:`test_set`."""
+
     def evaluate(self, model: AdaptedModel, params: Params, client: ClientData) -> dict[str, float]:
-        """Metrics of the personalized model ``params`` on the client's test examples."""
+        """The personalized model's metrics on the client's own test split and, as ``global_<metric>``, on the
+        held-out set shared by all clients (telling a learned task from a learned label prior)."""
+        metrics = self.score(model, params, client.test)
+        if client.global_test is not None:
+            metrics |= {f"global_{k}": v for k, v in self.score(model, params, client.global_test).items()}
+        return metrics

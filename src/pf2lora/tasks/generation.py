@@ -90,9 +90,12 @@ class Generation(Task):
 
     def client(self, cid: str, train: Sequence[GenExample], test: Sequence[GenExample]) -> ClientData:
         rows = self.encode(train)
+        return ClientData(cid, len(rows), lambda idx: self.collate([rows[i] for i in idx]), test=self.test_set(test))
+
+    def test_set(self, examples: Sequence[GenExample]) -> list[GenExample]:
+        """At most ``eval_examples_per_client`` sources (beam search is the cost of evaluation)."""
         limit = self.settings.eval_examples_per_client
-        test = list(test)[:limit] if limit else list(test)
-        return ClientData(cid, len(rows), lambda idx: self.collate([rows[i] for i in idx]), test=test)
+        return list(examples)[:limit] if limit else list(examples)
 
     def generate(self, model: AdaptedModel, params: Params, sources: Sequence[str]) -> list[str]:
         """Beam-search continuations of the prompts, cut at the first newline."""
@@ -116,8 +119,8 @@ class Generation(Task):
                 out.extend(t.strip().split("\n")[0].strip() for t in texts)
         return out
 
-    def evaluate(self, model: AdaptedModel, params: Params, client: ClientData) -> dict[str, float]:
-        examples: list[GenExample] = client.test
+    def score(self, model: AdaptedModel, params: Params, test: list[GenExample]) -> dict[str, float]:
+        examples = test
         if not examples:
             return {}
         rows = self.encode(examples)

@@ -88,12 +88,16 @@ class QuestionAnswering(Task):
 
     def client(self, cid: str, train: Sequence[QAExample], test: Sequence[QAExample]) -> ClientData:
         feats = self.features(train)
-        return ClientData(
-            cid, len(feats), lambda idx: self.collate([feats[i] for i in idx]), test=(self.features(test), test)
-        )
+        return ClientData(cid, len(feats), lambda idx: self.collate([feats[i] for i in idx]), test=self.test_set(test))
 
-    def evaluate(self, model: AdaptedModel, params: Params, client: ClientData) -> dict[str, float]:
-        feats, examples = client.test
+    def test_set(self, examples: Sequence[QAExample]) -> tuple[list[dict[str, Any]], Sequence[QAExample]]:
+        """Windowed features and the questions they come from (answers are scored per question)."""
+        return self.features(examples), examples
+
+    def score(
+        self, model: AdaptedModel, params: Params, test: tuple[list[dict[str, Any]], Sequence[QAExample]]
+    ) -> dict[str, float]:
+        feats, examples = test
         s = self.settings
         best: dict[int, tuple[float, str]] = {}
         null: dict[int, float] = {}
