@@ -38,6 +38,8 @@ def test_compare_all_algorithms_on_sst2(tmp_path):
     table = (out / "table.md").read_text()
     for method in ("PF2LoRA", "PF2LoRA w/o BO", "HOMLoRA", "HETLoRA", "Per-FedAvg-LoRA", "Centralized LoRA"):
         assert f"| {method} |" in table
+    header = next(line for line in table.splitlines() if line.startswith("| Method"))
+    assert header.endswith("| accuracy | balanced_accuracy | mcc | global_accuracy | global_mcc |")
     summary = json.loads((out / "pf2lora" / "summary.json").read_text())
     assert set(summary["final"]["clients"]) == {"0", "1"}
     assert 0.0 <= summary["final"]["mean"]["accuracy"] <= 100.0
