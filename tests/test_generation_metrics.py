@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
+import json
 import math
 import os
 import random
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,6 +55,13 @@ REFS = [
     ["the dog barked in the park", "in the park a dog ran and barked"],
 ]
 NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_jvm_left_behind() -> Iterator[None]:
+    """generation_metrics keeps its METEOR JVM for the process' later calls: end it when this module is done."""
+    yield
+    metrics.close_meteor()
 
 
 @pytest.fixture
@@ -250,6 +262,19 @@ class RecordedPopen(subprocess.Popen):
         RecordedPopen.started.append(self)
 
 
+@contextlib.contextmanager
+def recording() -> Iterator[list[subprocess.Popen]]:
+    """The processes started (through subprocess.Popen) within the block."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "Popen", RecordedPopen)
+        RecordedPopen.started = []
+        yield RecordedPopen.started
+
+
+def meteor_jvms(processes: list[subprocess.Popen]) -> list[subprocess.Popen]:
+    return [p for p in processes if "meteor-1.5.jar" in " ".join(map(str, p.args))]
+
+
 def assert_all_reaped(processes: list[subprocess.Popen], at_least: int) -> None:
     assert len(processes) >= at_least
     for proc in processes:
@@ -262,15 +287,16 @@ def assert_all_reaped(processes: list[subprocess.Popen], at_least: int) -> None:
 
 def test_a_jvm_that_does_not_start_means_the_fallback(tmp_path, monkeypatch):
     fake_java(tmp_path, monkeypatch, 'echo "Error: could not create the Java Virtual Machine." >&2; exit 1')
-    monkeypatch.setattr(subprocess, "Popen", RecordedPopen)
-    RecordedPopen.started = []
-    with pytest.warns(UserWarning, match="PTBTokenizer exited with 1: Error: could not create"):
+    with recording() as started, pytest.warns(UserWarning, match="PTBTokenizer exited with 1: Error: could not create"):
         scores = generation_metrics(HYPS, REFS)
     assert list(scores) == KEYS_WITHOUT_JAVA
     assert scores["METEOR_exact_match"] == pytest.approx(meteor_exact_match(HYPS, REFS))
     like = [metrics._ptb_like_tokenize(h) for h in HYPS], [[metrics._ptb_like_tokenize(r) for r in rs] for rs in REFS]
     assert scores["ROUGE_L"] == pytest.approx(100 * metrics._coco_score(metrics.Rouge(), *like))
-    assert_all_reaped(RecordedPopen.started, at_least=2)  # METEOR's JVM and the tokeniser
+    # METEOR's JVM (another java than any kept from an earlier call: a new one) and the tokeniser.
+    assert len(meteor_jvms(started)) == 1
+    metrics.close_meteor()
+    assert_all_reaped(started, at_least=2)
 
 
 def test_a_meteor_jvm_that_dies_means_the_fallback(tmp_path, monkeypatch):
@@ -281,13 +307,36 @@ def test_a_meteor_jvm_that_dies_means_the_fallback(tmp_path, monkeypatch):
         monkeypatch,
         'case "$*" in *PTBTokenizer*) for a; do f=$a; done; cat "$f"; echo; exit 0;; esac; exit 3',
     )
-    monkeypatch.setattr(subprocess, "Popen", RecordedPopen)
-    RecordedPopen.started = []
-    with pytest.warns(UserWarning, match="METEOR 1.5 failed"):
+    with recording() as started, pytest.warns(UserWarning, match="METEOR 1.5 failed"):
         scores = generation_metrics(HYPS, REFS)
     assert list(scores) == KEYS_WITHOUT_JAVA
     assert scores["METEOR_exact_match"] == pytest.approx(meteor_exact_match(HYPS, REFS))
-    assert_all_reaped(RecordedPopen.started, at_least=3)
+    # A JVM started for this call that fails is not restarted (that is for one that has worked before) ...
+    assert len(meteor_jvms(started)) == 1
+    # ... and not kept: the next call starts another.
+    assert metrics._meteor is None
+    assert_all_reaped(started, at_least=3)
+
+
+def test_the_meteor_jvm_ends_at_interpreter_exit(tmp_path):
+    # A stand-in "JVM" that ignores its input (the real one also ends when its input closes): only atexit ends it.
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\nexec sleep 600\n")
+    java.chmod(java.stat().st_mode | stat.S_IEXEC)
+    script = (
+        "from pf2lora import metrics; ok, scorer = metrics._warm_meteor(metrics._java()); "
+        "assert ok and scorer is metrics._meteor and scorer.alive(); print(scorer.meteor_p.pid)"
+    )
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-c", script]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=120)
+    jvm = int(out.stdout.split()[-1])
+    try:
+        with pytest.raises(ProcessLookupError):
+            os.kill(jvm, 0)  # the "JVM" has gone with its process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(jvm, 9)
 
 
 # ----------------------------------------------------------------------------------------------- input checks
@@ -329,22 +378,24 @@ def corpus() -> tuple[list[str], list[list[str]]]:
 
 @pytest.fixture(scope="module")
 def java_scores(corpus):
-    """generation_metrics on the corpus with Java, from a worker thread, recording every process it starts."""
+    """generation_metrics on the corpus with Java on a fresh METEOR JVM, from a worker thread, recording every process
+    it starts and which of them still ran when it returned; the JVM is then closed."""
     if shutil.which("java") is None:
         pytest.skip("no java on PATH: METEOR 1.5 and the PTBTokenizer need a Java runtime")
+    metrics.close_meteor()
     result: dict = {}
 
     def run() -> None:
         result["scores"] = generation_metrics(*corpus)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(subprocess, "Popen", RecordedPopen)
-        RecordedPopen.started = []
+    with recording() as started:
         worker = threading.Thread(target=run)
         worker.start()
         worker.join()
-        started = list(RecordedPopen.started)
-    return result["scores"], started
+        running = [p for p in started if p.poll() is None]
+        metrics.close_meteor()
+        metrics.close_meteor()  # a no-op
+    return result["scores"], list(started), running
 
 
 # Texts the tokeniser must keep in place: empty and blank ones (first, in the middle, last) and some PTB rewriting.
@@ -367,14 +418,17 @@ def ptb_tokens(corpus):
 
 @needs_java
 @needs_data
-def test_java_reports_meteor_1_5_and_leaves_no_jvm(java_scores):
-    scores, started = java_scores
+def test_java_reports_meteor_1_5_and_leaves_no_jvm_once_closed(java_scores):
+    scores, started, running = java_scores
     assert list(scores) == KEYS_WITH_JAVA
     assert all(type(v) is float and math.isfinite(v) for v in scores.values())
-    # METEOR's JVM and two tokeniser runs, all ended and reaped by the time generation_metrics returned.
-    assert sum("meteor-1.5.jar" in " ".join(map(str, p.args)) for p in started) == 1
+    # METEOR's JVM and two tokeniser runs; the tokenisers ended and reaped by the time generation_metrics returned,
+    # METEOR's JVM kept for later calls until close_meteor, which ended and reaped it.
+    assert len(meteor_jvms(started)) == 1
     assert sum("PTBTokenizer" in " ".join(map(str, p.args)) for p in started) == 2
+    assert running == meteor_jvms(started)
     assert_all_reaped(started, at_least=3)
+    assert metrics._meteor is None
 
 
 @needs_java
@@ -385,13 +439,152 @@ def test_meteor_is_meteor_1_5(java_scores, corpus, ptb_tokens):
     # padded to 4 by repeating its last (a duplicate cannot change METEOR's best reference):
     #   java -Xmx2G -jar meteor-1.5.jar hyp.txt ref.txt -l en -norm -r 4   ->  Final score: 0.45327517972664716
     # and on the raw (untokenised) text, whose punctuation METEOR then matches too:  Final score: 0.44493278380998014
-    scores, _ = java_scores
+    scores, *_ = java_scores
     assert scores["METEOR"] == pytest.approx(45.327517972664716, abs=1e-9)
     assert abs(scores["METEOR"] - 44.493278380998014) > 0.5  # the PTB preprocessing is applied
     # The exact-match variant is another metric altogether (79.4 here): never to be reported as METEOR.
     assert meteor_exact_match(*corpus) - scores["METEOR"] > 25
     # The corpus really is multi-reference, with the tokeniser's effect visible.
     assert any(len(rs) == 4 for rs in ptb_tokens[1]) and any(len(rs) == 1 for rs in ptb_tokens[1])
+
+
+def strict(*args) -> dict[str, float]:
+    """generation_metrics with every warning an error (a fallback, a restart that warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return generation_metrics(*args)
+
+
+@needs_java
+@needs_data
+def test_one_jvm_serves_sequential_and_concurrent_calls_with_fresh_jvm_scores(java_scores, corpus):
+    # Four threads call at once with no JVM running: one JVM is started (lazily, by whichever comes first) and they
+    # take turns on it. Then, one at a time on that JVM (which has scored the four parts by then), the whole corpus
+    # gives what the fixture's fresh JVM gave, bit for bit, and each part what it gave concurrently.
+    fresh, *_ = java_scores
+    hyps, refs = corpus
+    parts = [(hyps[i::10], refs[i::10]) for i in range(4)]  # 4 inputs each, E2E and WebNLG
+    metrics.close_meteor()
+    barrier, concurrent, errors = threading.Barrier(len(parts)), [None] * len(parts), []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            concurrent[i] = generation_metrics(*parts[i])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with recording() as started:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(parts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reused = strict(*corpus)
+        sequential = [strict(*part) for part in parts]
+    assert not errors, errors
+    assert len(meteor_jvms(started)) == 1 and metrics._meteor is not None and metrics._meteor.alive()
+    assert reused == fresh  # every key, exactly
+    assert all(list(scores) == KEYS_WITH_JAVA for scores in concurrent)
+    assert concurrent == sequential
+
+
+@needs_java
+@needs_data
+def test_a_dead_meteor_jvm_is_replaced(corpus, monkeypatch):
+    part = (corpus[0][:4], corpus[1][:4])
+    expected = strict(*part)  # on the running JVM, or a new one
+    # Found dead at the start of a call: closed (reaped) and replaced, before the other metrics run.
+    dead = metrics._meteor
+    dead_jvm = dead.meteor_p
+    dead_jvm.kill()
+    dead_jvm.wait()
+    with recording() as started:
+        assert metrics._warm_meteor(metrics._java()) == (True, metrics._meteor)
+    assert len(meteor_jvms(started)) == 1 and metrics._meteor is not dead and metrics._meteor.alive()
+    assert "meteor_p" not in vars(dead)
+    # Dead although it looked alive (it died between the check and the scoring): the call fails on it, and is done
+    # once more on a new JVM, without a warning and with the same scores.
+    dead = metrics._meteor
+    dead.meteor_p.kill()
+    dead.meteor_p.wait()
+    monkeypatch.setattr(metrics._Meteor15, "alive", lambda self: True)
+    with recording() as started:
+        assert strict(*part) == expected
+    assert len(meteor_jvms(started)) == 1 and metrics._meteor is not dead
+    assert "meteor_p" not in vars(dead)  # closed: ended and reaped
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def wait_child(pid: int, timeout: float = 180.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child did not finish")
+
+
+@needs_java
+@needs_data
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.parametrize("fork", ["os.fork", "libc fork"])
+def test_a_forked_child_never_touches_its_parents_jvm(corpus, fork):
+    # os.fork runs the at-fork hook (the child drops the parent's scorer); a fork from C code does not, and the
+    # child then tells by the pid that the scorer it holds is its parent's. Either way it starts its own JVM (the
+    # libc child only starts and closes one, to keep the test short) and the parent's JVM is untouched: same
+    # process, and its pipes still in step (the same scores, no new JVM).
+    part = (corpus[0][:4], corpus[1][:4])
+    expected = strict(*part)
+    parent = metrics._meteor
+    parent_jvm = parent.meteor_p.pid
+    read_fd, write_fd = os.pipe()
+    pid = os.fork() if fork == "os.fork" else ctypes.PyDLL(None).fork()
+    if pid == 0:  # the child: report, and never return into pytest
+        code = 1
+        try:
+            os.close(read_fd)
+            inherited = metrics._meteor
+            report = {"inherited": inherited is parent, "parents": inherited is not None and inherited.pid}
+            if fork == "os.fork":
+                report["scores"] = generation_metrics(*part)
+            else:
+                assert metrics._warm_meteor(metrics._java())[0]
+                report["disowned"] = "meteor_p" not in vars(parent) and len(metrics._INHERITED_JVMS) == 1
+            report["jvm"] = metrics._meteor.meteor_p.pid
+            report["own"] = metrics._meteor.pid == os.getpid()
+            metrics.close_meteor()
+            report["closed"] = metrics._meteor is None
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    report = json.loads(read_all(read_fd) or b"{}")
+    assert wait_child(pid) == 0
+    if fork == "os.fork":
+        assert report["inherited"] is False  # dropped by the at-fork hook
+        assert report["scores"] == expected
+    else:
+        assert report["inherited"] is True and report["parents"] == os.getpid()
+        assert report["disowned"] is True
+    assert report["own"] is True and report["closed"] is True and report["jvm"] != parent_jvm
+    with pytest.raises(ProcessLookupError):
+        os.kill(report["jvm"], 0)  # the child's JVM ended with it
+    assert metrics._meteor is parent and parent.alive() and parent.meteor_p.pid == parent_jvm
+    with recording() as started:
+        assert strict(*part) == expected
+    assert meteor_jvms(started) == []
 
 
 @needs_java
@@ -432,7 +625,7 @@ def coco_rouge_l_from_rouge_score(hyps: list[str], refs: list[list[str]]) -> flo
 @needs_java
 @needs_data
 def test_rouge_l_matches_an_independent_lcs(java_scores, corpus, ptb_tokens):
-    scores, _ = java_scores
+    scores, *_ = java_scores
     assert scores["ROUGE_L"] == pytest.approx(coco_rouge_l_from_rouge_score(*ptb_tokens[:2]), abs=1e-9)
     # pf2lora's former ROUGE-L (rouge-score's own tokens, F1 of the best single reference) is a neighbour, not the
     # same metric: coco-caption combines the best precision with the best recall (possibly of different references)
@@ -479,7 +672,7 @@ def cider_d(hyps: list[list[str]], refs: list[list[list[str]]], max_n: int = 4, 
 @needs_java
 @needs_data
 def test_cider_matches_an_independent_cider_d(java_scores, corpus, ptb_tokens):
-    scores, _ = java_scores
+    scores, *_ = java_scores
     hyps, refs, _ = ptb_tokens
     expected = cider_d([h.split() for h in hyps], [[r.split() for r in rs] for rs in refs])
     assert scores["CIDEr"] == pytest.approx(expected, rel=1e-9)

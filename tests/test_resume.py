@@ -100,10 +100,15 @@ def test_resume_after_checkpoint_gap_and_output_rules(tiny_config: Path, tmp_pat
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert rows(out) == rows(ref) and summary(out) == summary(ref)
 
-    again = run_cli("run", str(tiny_config), "--out", str(out), *sets)
-    assert again.returncode == 2 and again.stdout.count("\n") == 1 and "--resume" in again.stdout
-    other = run_cli("run", str(tiny_config), "--out", str(out), "--resume", "--set", "seed=1")
-    assert other.returncode == 2 and "seed" in other.stdout and "federation.checkpoint_every" in other.stdout
+    # the output rules, in this process (they fail before anything loads)
+    from typer.testing import CliRunner
+
+    from pf2lora.cli import app
+
+    again = CliRunner().invoke(app, ["run", str(tiny_config), "--out", str(out), *sets])
+    assert again.exit_code == 2 and again.output.count("\n") == 1 and "--resume" in again.output
+    other = CliRunner().invoke(app, ["run", str(tiny_config), "--out", str(out), "--resume", "--set", "seed=1"])
+    assert other.exit_code == 2 and "seed" in other.output and "federation.checkpoint_every" in other.output
     fresh = run_cli("run", str(tiny_config), "--out", str(out), *sets, "--set", "federation.rounds=1", "--overwrite")
     assert fresh.returncode == 0 and summary(out)["rounds"] == 1  # the earlier run replaced
     mode = (out / "summary.json").stat().st_mode & 0o777

@@ -10,13 +10,16 @@ runs it (see ``generation_metrics``); NIST and the exact-match METEOR fallback t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import os
 import re
 import shutil
 import string
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -369,11 +372,26 @@ class _Meteor15(Meteor):
     """pycocoevalcap's METEOR 1.5 client, unchanged (its command ``java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en
     -norm``, its protocol, its lock) but for a ``close`` that always ends the JVM. The base class' ``__del__`` takes
     the lock, which ``compute_score`` leaves held when the JVM dies mid-call: it would then hang the garbage
-    collector; and it fails with an AttributeError when ``java`` did not start."""
+    collector; and it fails with an AttributeError when ``java`` did not start.
+
+    It remembers the process that started it (``pid``) and the ``java`` it ran (``java``): a forked child holds a copy
+    of the object, pipes included, and must neither write to nor end its parent's JVM (``close`` there only drops the
+    child's copies of the pipes)."""
+
+    def __init__(self, java: str) -> None:
+        self.pid, self.java = os.getpid(), java
+        super().__init__()
+
+    def alive(self) -> bool:
+        proc = self.__dict__.get("meteor_p")
+        return proc is not None and proc.poll() is None
 
     def close(self) -> None:
         proc = self.__dict__.pop("meteor_p", None)
         if proc is None:
+            return
+        if self.pid != os.getpid():
+            _disown(proc)
             return
         proc.kill()  # a no-op once it has exited; it holds no state worth a clean shutdown
         proc.wait()
@@ -385,12 +403,139 @@ class _Meteor15(Meteor):
         self.close()
 
 
-def _start_meteor() -> _Meteor15 | None:
+# Popen objects of JVMs inherited through fork: kept so that they are never finalised in the child.
+_INHERITED_JVMS: list[subprocess.Popen] = []
+
+
+def _disown(proc: subprocess.Popen) -> None:
+    """In a forked child: point the child's copies of a parent JVM's pipes at /dev/null (so that nothing the child
+    flushes, even a write the parent had half done at the fork, reaches the JVM, and the JVM still sees end of input
+    when the parent goes), then close them; the parent's JVM itself is left alone."""
+    null = os.open(os.devnull, os.O_RDWR)
     try:
-        return _Meteor15()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: the stream was already closed
+                os.dup2(null, stream.fileno(), inheritable=False)
+    finally:
+        os.close(null)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()
+    _INHERITED_JVMS.append(proc)
+
+
+# One METEOR 1.5 JVM per process, started by the first generation_metrics call with Java and reused by later ones:
+# loading its paraphrase table takes about 10 s and 1 GB, scoring a few hundred segments well under a second. The
+# lock is held while the JVM is started, scored on or ended, so calls from several threads never interleave on its
+# pipes (pycocoevalcap's own lock stays held when a call fails midway; the scorer is then discarded).
+_METEOR_LOCK = threading.Lock()
+_meteor: _Meteor15 | None = None
+
+
+def _start_meteor(java: str, stacklevel: int) -> _Meteor15 | None:
+    try:
+        return _Meteor15(java)
     except OSError as exc:
-        warnings.warn(f"METEOR 1.5 did not start ({exc}); reporting METEOR_exact_match instead", stacklevel=3)
+        warnings.warn(f"METEOR 1.5 did not start ({exc}); reporting METEOR_exact_match instead", stacklevel=stacklevel)
         return None
+
+
+def _drop_meteor_locked(scorer: _Meteor15) -> None:
+    global _meteor
+    if _meteor is scorer:
+        _meteor = None
+    scorer.close()
+
+
+def _meteor_locked(java: str, keep_dead: _Meteor15 | None, stacklevel: int) -> _Meteor15 | None:
+    """The process' METEOR scorer (``_METEOR_LOCK`` held): the running one if it is this process' and runs ``java``,
+    else a new one (None, with a warning, if it cannot start). A JVM that has exited is replaced, unless it is
+    ``keep_dead``, the one this call started: that one failing is the fallback, not a restart loop."""
+    global _meteor
+    scorer = _meteor
+    if scorer is not None and (
+        scorer.pid != os.getpid() or scorer.java != java or (scorer is not keep_dead and not scorer.alive())
+    ):
+        _drop_meteor_locked(scorer)
+        scorer = None
+    if scorer is None:
+        scorer = _meteor = _start_meteor(java, stacklevel + 1)
+    return scorer
+
+
+def _warm_meteor(java: str) -> tuple[bool, _Meteor15 | None]:
+    """Start the process' METEOR JVM if it has none, without waiting for it (it loads while the other metrics run):
+    (False, None) if it cannot start (warned), else (True, the scorer this call started or None). A lock held by
+    another call means that a JVM is in use: the scoring step takes it from there."""
+    if not _METEOR_LOCK.acquire(blocking=False):
+        return True, None
+    try:
+        previous = _meteor
+        scorer = _meteor_locked(java, keep_dead=None, stacklevel=4)
+    finally:
+        _METEOR_LOCK.release()
+    return scorer is not None, scorer if scorer is not previous else None
+
+
+def _meteor_score(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]], java: str, started: _Meteor15 | None
+) -> float | None:
+    """METEOR 1.5 (0–100) on e2e-metrics' token strings by the process' JVM, or None with a warning if it cannot
+    score. A JVM kept from an earlier call that fails (it may have died since) is replaced once; one started for this
+    call that fails means the fallback."""
+    with _METEOR_LOCK:
+        previous = _meteor
+        scorer = _meteor_locked(java, keep_dead=started, stacklevel=4)
+        if scorer is not previous:  # started now (the one kept from earlier, or another call's, had gone)
+            started = scorer
+        while scorer is not None:
+            try:
+                return 100.0 * _coco_score(scorer, hyps, refs)
+            except (OSError, ValueError) as exc:  # a broken pipe, or no number where a score was due
+                _drop_meteor_locked(scorer)
+                if scorer is started:
+                    warnings.warn(f"METEOR 1.5 failed ({exc!r}); reporting METEOR_exact_match instead", stacklevel=3)
+                    break
+                scorer = started = _meteor_locked(java, keep_dead=None, stacklevel=4)
+            except BaseException:  # KeyboardInterrupt midway: the pipes are out of step and the lock is held
+                _drop_meteor_locked(scorer)
+                raise
+    return None
+
+
+def close_meteor() -> None:
+    """End this process' METEOR 1.5 JVM, if it has one (``generation_metrics`` starts a new one when next needed).
+    Runs at interpreter exit; call it to free the JVM's memory (about 1 GB) earlier. In a forked child it only drops
+    the child's copies of the parent's pipes."""
+    with _METEOR_LOCK:
+        if _meteor is not None:
+            _drop_meteor_locked(_meteor)
+
+
+@atexit.register
+def _close_meteor_at_exit() -> None:
+    # A daemon thread may still be scoring at exit: wait for it a little, then end the JVM regardless.
+    locked = _METEOR_LOCK.acquire(timeout=10)
+    try:
+        if _meteor is not None:
+            _drop_meteor_locked(_meteor)
+    finally:
+        if locked:
+            _METEOR_LOCK.release()
+
+
+def _meteor_after_fork_in_child() -> None:
+    # The parent's lock may have been held by another of its threads at the fork, and its JVM is not the child's:
+    # the child starts with a fresh lock and no scorer, and drops its copies of the parent's pipes.
+    global _METEOR_LOCK, _meteor
+    _METEOR_LOCK = threading.Lock()
+    scorer, _meteor = _meteor, None
+    if scorer is not None:
+        scorer.close()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_meteor_after_fork_in_child)
 
 
 def _coco_score(scorer: Any, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
@@ -435,38 +580,33 @@ def generation_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[
     are then computed on a Python stand-in for the PTBTokenizer (identical tokens for about 99% of E2E and WebNLG
     references).
 
-    Each call starts its own JVMs (two PTBTokenizer runs of well under a second, and METEOR, whose paraphrase table
-    takes about 10 s and 1 GB to load; it starts first so that the other metrics run meanwhile) and ends them before
-    returning, on errors too, so calls from several threads share nothing.
+    METEOR runs in one JVM per process, started by the first call that needs it (its paraphrase table takes about
+    10 s and 1 GB to load; it loads while the other metrics run) and reused by later calls, whose METEOR then takes
+    well under a second; METEOR 1.5 scores each segment on its own, so the scores are those of a fresh JVM. Calls from
+    several threads take turns on it; one that finds it dead starts another; a forked child starts its own; it ends
+    at interpreter exit or with :func:`close_meteor`. The PTBTokenizer runs (well under a second) are per call.
     """
     _check_corpus(hypotheses, references)
     java = _java()
     if java is None:
         warnings.warn("no java on PATH: reporting METEOR_exact_match instead of METEOR 1.5", stacklevel=2)
-    meteor = _start_meteor() if java else None
-    meteor_score: float | None = None
-    try:
-        tokens = _coco_tokenized(hypotheses, references, java) if java else None
-        hyps, refs = tokens or (
-            [_ptb_like_tokenize(h) for h in hypotheses],
-            [[_ptb_like_tokenize(r) for r in rs] for rs in references],
-        )
-        first = {"BLEU": bleu(hypotheses, references), "NIST": nist(hypotheses, references)}
-        last = {
-            "ROUGE_L": 100.0 * _coco_score(Rouge(), hyps, refs),
-            "CIDEr": _coco_score(Cider(), hyps, refs),
-            "TER": ter(hypotheses, references),
-        }
-        if meteor is not None and tokens is not None:
-            # pycocoevalcap cleans "|||" (its field separator) from the outputs only; the references get the same.
-            clean = [[r.replace("|||", "").replace("  ", " ") for r in rs] for rs in refs]
-            try:
-                meteor_score = 100.0 * _coco_score(meteor, hyps, clean)
-            except (OSError, ValueError) as exc:  # a broken pipe, or no number where a score was due
-                warnings.warn(f"METEOR 1.5 failed ({exc!r}); reporting METEOR_exact_match instead", stacklevel=2)
-    finally:
-        if meteor is not None:
-            meteor.close()
+    meteor_ok, started = _warm_meteor(java) if java else (False, None)
+    tokens = _coco_tokenized(hypotheses, references, java) if java else None
+    hyps, refs = tokens or (
+        [_ptb_like_tokenize(h) for h in hypotheses],
+        [[_ptb_like_tokenize(r) for r in rs] for rs in references],
+    )
+    first = {"BLEU": bleu(hypotheses, references), "NIST": nist(hypotheses, references)}
+    last = {
+        "ROUGE_L": 100.0 * _coco_score(Rouge(), hyps, refs),
+        "CIDEr": _coco_score(Cider(), hyps, refs),
+        "TER": ter(hypotheses, references),
+    }
+    meteor_score = None
+    if java and meteor_ok and tokens is not None:
+        # pycocoevalcap cleans "|||" (its field separator) from the outputs only; the references get the same.
+        clean = [[r.replace("|||", "").replace("  ", " ") for r in rs] for rs in refs]
+        meteor_score = _meteor_score(hyps, clean, java, started)
     if meteor_score is None:
         meteor_key, meteor_score = "METEOR_exact_match", meteor_exact_match(hypotheses, references)
     else:
