@@ -17,6 +17,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--ground-truths", nargs="+", default=["shared", "independent"])
+    p.add_argument(
+        "--hetlora-aggregation", choices=["zero_padded", "per_component"], default="zero_padded", help="HETLoRA's rule"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     print("| ground truth | seed | algorithm | client | test loss | test/floor | ‖W−W*‖_F | rank | true rank |")
@@ -24,7 +27,9 @@ def main() -> None:
     matches: dict[str, list[bool]] = {}
     for gt in args.ground_truths:
         for seed in args.seeds:
-            _, summary = run_study(SyntheticConfig(seed=seed, ground_truth=gt))
+            cfg = SyntheticConfig(seed=seed, ground_truth=gt)
+            cfg.hetlora["aggregation"] = args.hetlora_aggregation
+            _, summary = run_study(cfg)
             for r in summary:
                 print(
                     f"| {gt} | {seed} | {r['algorithm']} | {r['client']} | {r['test_loss']:.4f} | "

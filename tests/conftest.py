@@ -141,7 +141,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "algorithm": "pf2lora",
         "compare": ["pf2lora", "hetlora"],
         "model": {"name": str(root / "tiny-bert")},
-        "data": {"dataset": "sst2", "data_dir": str(DATA), "max_examples": 96},
+        "data": {"dataset": "sst2", "data_dir": str(DATA), "max_examples": 96, "global_examples": 24},
         "partition": {"num_clients": 2},
         "federation": {"rounds": 6, "local_steps": 3, "batch_size": 8, "eval_every": 2},
         "lora": {"r": 4, "r_private": 2},

@@ -80,6 +80,7 @@ def test_e2e_smollm2(tmp_path):
         "task.eval_examples_per_client=2",
         "task.max_new_tokens=6",
         "task.num_beams=2",
+        "federation.eval_every=0",  # one evaluation, after the round
     ]
     cfg = load_config(ROOT / "configs/mini/e2e.yaml", overrides)
     summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)

@@ -56,6 +56,7 @@ STAND_INS = {
 #: Smallest run of a config: 64 examples, 2 clients, 1 round of 1 step, tiny evaluation.
 TINY = [
     "data.max_examples=64",
+    "data.global_split=null",  # the shared held-out set is tested elsewhere
     "partition.num_clients=2",
     "federation.rounds=1",
     "federation.local_steps=1",

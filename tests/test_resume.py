@@ -30,6 +30,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cli(*args), capture_output=True, text=True, timeout=600)
 
 
+def run_here(*args: str) -> tuple[int, str]:
+    """The CLI in this process (exit code, output): for checks that need no separate process."""
+    from typer.testing import CliRunner
+
+    from pf2lora.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
 def rows(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
@@ -51,7 +61,8 @@ def kill_at_random(args: list[str], after: float) -> bool:
         return True
 
 
-@pytest.mark.parametrize("command", ["run", "compare"])
+# `compare` only: `run` is the same code path (one algorithm through `_run_all`), and the gap test resumes `run`
+@pytest.mark.parametrize("command", ["compare"])
 def test_kill_9_then_resume_gives_the_same_numbers(tiny_config: Path, tmp_path: Path, command: str) -> None:
     ref = tmp_path / "uninterrupted"
     t0 = time.perf_counter()
@@ -84,33 +95,28 @@ def test_resume_after_checkpoint_gap_and_output_rules(tiny_config: Path, tmp_pat
 
     sets = ["--set", "federation.checkpoint_every=4"]
     ref = tmp_path / "ref"
-    assert run_cli("run", str(tiny_config), "--out", str(ref), *sets).returncode == 0
+    assert run_here("run", str(tiny_config), "--out", str(ref), *sets)[0] == 0
     out = tmp_path / "cut"
     # A run that "crashed" after round 5: round 4's checkpoint and metrics rows through round 5.
-    assert run_cli("run", str(tiny_config), "--out", str(out), *sets, "--set", "federation.rounds=5").returncode == 0
+    assert run_here("run", str(tiny_config), "--out", str(out), *sets, "--set", "federation.rounds=5")[0] == 0
     state = checkpoint.load(out)
     assert state is not None and state["round"] == 5
-    four = run_cli("run", str(tiny_config), "--out", str(tmp_path / "four"), *sets, "--set", "federation.rounds=4")
-    assert four.returncode == 0
+    four = run_here("run", str(tiny_config), "--out", str(tmp_path / "four"), *sets, "--set", "federation.rounds=4")
+    assert four[0] == 0
     checkpoint.save(out, checkpoint.load(tmp_path / "four"))
     (out / "summary.json").unlink()
     (out / "config.resolved.yaml").write_text((ref / "config.resolved.yaml").read_text())
     assert torch.load(checkpoint.checkpoint_path(out), weights_only=True)["round"] == 4
-    resumed = run_cli("run", str(tiny_config), "--out", str(out), *sets, "--resume")
-    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    resumed = run_here("run", str(tiny_config), "--out", str(out), *sets, "--resume")
+    assert resumed[0] == 0, resumed[1]
     assert rows(out) == rows(ref) and summary(out) == summary(ref)
 
-    # the output rules, in this process (they fail before anything loads)
-    from typer.testing import CliRunner
-
-    from pf2lora.cli import app
-
-    again = CliRunner().invoke(app, ["run", str(tiny_config), "--out", str(out), *sets])
-    assert again.exit_code == 2 and again.output.count("\n") == 1 and "--resume" in again.output
-    other = CliRunner().invoke(app, ["run", str(tiny_config), "--out", str(out), "--resume", "--set", "seed=1"])
-    assert other.exit_code == 2 and "seed" in other.output and "federation.checkpoint_every" in other.output
-    fresh = run_cli("run", str(tiny_config), "--out", str(out), *sets, "--set", "federation.rounds=1", "--overwrite")
-    assert fresh.returncode == 0 and summary(out)["rounds"] == 1  # the earlier run replaced
+    code, output = run_here("run", str(tiny_config), "--out", str(out), *sets)
+    assert code == 2 and output.count("\n") == 1 and "--resume" in output
+    code, output = run_here("run", str(tiny_config), "--out", str(out), "--resume", "--set", "seed=1")
+    assert code == 2 and "seed" in output and "federation.checkpoint_every" in output
+    fresh = run_here("run", str(tiny_config), "--out", str(out), *sets, "--set", "federation.rounds=1", "--overwrite")
+    assert fresh[0] == 0 and summary(out)["rounds"] == 1  # the earlier run replaced
     mode = (out / "summary.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~_umask()
 
@@ -134,9 +140,9 @@ def test_exported_client_adapters_load_in_plain_peft(tiny_config: Path, tmp_path
 
     run_dir, out = tmp_path / "run", tmp_path / "adapters"
     sets = ["--set", "federation.rounds=2", "--set", f"algorithm={algorithm}"]
-    assert run_cli("run", str(tiny_config), "--out", str(run_dir), *sets).returncode == 0
-    done = run_cli("export", str(run_dir), "--out", str(out))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert run_here("run", str(tiny_config), "--out", str(run_dir), *sets)[0] == 0
+    done = run_here("export", str(run_dir), "--out", str(out))
+    assert done[0] == 0, done[1]
     assert sorted(p.name for p in out.iterdir()) == ["client_0", "client_1"]
 
     cfg = load_config(run_dir / "config.resolved.yaml")
@@ -155,7 +161,7 @@ def test_exported_client_adapters_load_in_plain_peft(tiny_config: Path, tmp_path
 
     if algorithm != "pf2lora":
         return  # the --client rules are the same for every algorithm
-    only = run_cli("export", str(run_dir), "--out", str(tmp_path / "one"), "--client", "1")
-    assert only.returncode == 0 and [p.name for p in (tmp_path / "one").iterdir()] == ["client_1"]
-    bad = run_cli("export", str(run_dir), "--out", str(tmp_path / "bad"), "--client", "7")
-    assert bad.returncode == 2 and bad.stdout.startswith("error:") and "--client 7" in bad.stdout
+    only = run_here("export", str(run_dir), "--out", str(tmp_path / "one"), "--client", "1")
+    assert only[0] == 0 and [p.name for p in (tmp_path / "one").iterdir()] == ["client_1"]
+    code, output = run_here("export", str(run_dir), "--out", str(tmp_path / "bad"), "--client", "7")
+    assert code == 2 and output.startswith("error:") and "--client 7" in output

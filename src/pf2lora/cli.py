@@ -123,12 +123,15 @@ def synthetic(
     steps: Annotated[int, typer.Option(help="Local steps in all (communication every 10).")] = 2000,
     lr: Annotated[float, typer.Option(help="PF2LoRA common-adapter learning rate η.")] = 1e-2,
     lr_private: Annotated[float, typer.Option(help="PF2LoRA client-adapter learning rate α.")] = 1e-2,
+    hetlora_aggregation: Annotated[
+        str, typer.Option(help="HETLoRA's aggregation: zero_padded (the default) or per_component.")
+    ] = "zero_padded",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier study in --out.")] = False,
     debug: DebugOption = False,
 ) -> None:
     """The synthetic rank-learning study: PF2LoRA vs HETLoRA on two clients (paper Section 5)."""
     with _errors(debug):
-        _synthetic(out, seed, ground_truth, ranks, shared_rank, steps, lr, lr_private, overwrite)
+        _synthetic(out, seed, ground_truth, ranks, shared_rank, steps, lr, lr_private, hetlora_aggregation, overwrite)
 
 
 def _synthetic(
@@ -140,6 +143,7 @@ def _synthetic(
     steps: int,
     lr: float,
     lr_private: float,
+    hetlora_aggregation: str,
     overwrite: bool,
 ) -> None:
     import torch
@@ -153,6 +157,8 @@ def _synthetic(
     if ground_truth not in ("shared", "independent"):
         _fail(f"--ground-truth must be 'shared' or 'independent', got {ground_truth!r}")
     gt = ground_truth  # type: ignore[assignment]
+    if hetlora_aggregation not in ("zero_padded", "per_component"):
+        _fail(f"--hetlora-aggregation must be 'zero_padded' or 'per_component', got {hetlora_aggregation!r}")
     try:
         cfg = syn.SyntheticConfig(
             seed=seed,
@@ -162,6 +168,7 @@ def _synthetic(
             steps=steps,
             pf2lora={"lr": lr, "lr_private": lr_private, "hypergradient": "exact"},
         )
+        cfg.hetlora["aggregation"] = hetlora_aggregation
     except ValidationError as e:
         err = e.errors()[0]
         _fail(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {str(err['msg']).removeprefix('Value error, ')}")
