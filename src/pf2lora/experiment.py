@@ -472,8 +472,8 @@ def plot_run(history: History, metric: str, path: Path, label: str) -> None:
 
 
 def plot_ranks(history: History, path: Path, label: str) -> None:
-    """Effective rank of each client's personalized ΔW per round: the mean over adapted layers (line) and their
-    range (band), one colour per client; nothing when ranks were not tracked."""
+    """Effective rank of each client's personalized ΔW per round: the mean over adapted layers (marker, line) and
+    their range (bar), one colour per client, nudged apart; nothing when ranks were not tracked."""
     rows = [r for r in history.eval if "rank_mean" in r]
     if not rows:
         return
@@ -487,10 +487,14 @@ def plot_ranks(history: History, path: Path, label: str) -> None:
     for i, cid in enumerate(clients):
         mine = [r for r in rows if r["client"] == cid]
         layers = [[v for k, v in r.items() if k.startswith("rank:")] for r in mine]
-        rounds = [r["round"] for r in mine]
+        rounds = [r["round"] + 0.25 * (i - (len(clients) - 1) / 2) / max(1, len(clients)) for r in mine]
+        mean = [r["rank_mean"] for r in mine]
+        spread = [
+            [m - min(x) for m, x in zip(mean, layers, strict=True)],
+            [max(x) - m for m, x in zip(mean, layers, strict=True)],
+        ]
         colour = plt.get_cmap("tab10")(i % 10)
-        ax.plot(rounds, [r["rank_mean"] for r in mine], marker="o", ms=3, color=colour, label=f"client {cid}")
-        ax.fill_between(rounds, [min(x) for x in layers], [max(x) for x in layers], color=colour, alpha=0.12)
+        ax.errorbar(rounds, mean, yerr=spread, marker="o", ms=3, capsize=2, color=colour, label=f"client {cid}")
     ax.set(title=f"{label}: effective rank of each client's ΔW (mean and range over layers)", xlabel="round")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
