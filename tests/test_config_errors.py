@@ -59,7 +59,10 @@ def _error(path: Path, overrides: list[str] | None = None) -> str:
         (["flower.secagg={num_shares: 2}"], "flower.secagg: num_shares: a count must be at least 3, got 2"),
         (["flower.secagg={reconstruction_threshold: 1.5}"], "reconstruction_threshold: a fraction must be in (0, 1]"),
         (["flower.secagg={}", "flower.dp={noise_multiplier: 1.0, clipping_norm: 1.0}"], "not supported together"),
-        (["flower.secagg={quantization_range: 2147483648}"], "flower.secagg.quantization_range: 3 clients"),
+        (
+            ["flower.secagg={quantization_range: 2147483648}", "partition.num_clients=3"],
+            "flower.secagg.quantization_range: 3 clients",
+        ),
         # seeds
         (["seed=-1"], "seed: must be greater than or equal to 0"),
         ([f"seed={2**63}"], "seed: must be less than"),

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import bert_clients, tiny_bert
 
-from pf2lora.algorithms import make_algorithm
+from pf2lora.algorithms import base, make_algorithm
 from pf2lora.algorithms.base import Algorithm
-from pf2lora.federation import ClientData, FederationConfig, Payload, PrivacyError
+from pf2lora.federation import ClientData, FederationConfig, Payload, PrivacyError, lr_factor
 from pf2lora.runtime.simulation import Simulation
 
 
@@ -208,3 +208,33 @@ def test_eval_rows_carry_each_layers_effective_rank():
     assert any(row["rank_mean"] > 0 for row in history.eval)  # B starts at zero, D does not
     _, off = simulate("pf2lora", rounds=1, rank_threshold=0.0)
     assert not any(k.startswith("rank") for row in off.eval for k in row)
+
+
+def test_lr_factor_schedules():
+    assert [lr_factor("constant", r, 4, 0.0) for r in (1, 4)] == [1.0, 1.0]
+    assert [lr_factor("linear", r, 4, 0.0) for r in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]
+    cos = [lr_factor("cosine", r, 4, 0.1) for r in (1, 2, 3, 4)]
+    assert cos[0] == 1.0 and cos[2] == pytest.approx(0.55) and cos == sorted(cos, reverse=True) and cos[3] > 0.1
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_lr_schedule_sets_every_rounds_learning_rate(monkeypatch, parallel):
+    """Each round's optimizer runs at lr × the round's factor, also when resumed from a saved state (AdamW keeps
+    the rate it was saved with) and in a batched pass; the fine-tuning before an evaluation keeps its rate."""
+    seen: list[tuple[str, float]] = []
+    inner = base.apply_step
+
+    def spy(opt, params, grads):
+        seen.append((type(opt).__name__, opt.param_groups[0]["lr"]))
+        inner(opt, params, grads)
+
+    monkeypatch.setattr(base, "apply_step", spy)
+    cfg = FederationConfig(
+        rounds=4, local_steps=2, batch_size=4, lr_schedule="linear", eval_every=4, parallel_clients=parallel
+    )
+    algorithm = make_algorithm("fedavg_ft", {"lr": 0.1, "ft_steps": 1, "ft_lr": 0.3, "ft_optimizer": "sgd"})
+    Simulation(tiny_bert(), algorithm, bert_clients(3), cfg, evaluator=accuracy).run()
+    train = [lr for kind, lr in seen if kind == "AdamW"]
+    assert train == pytest.approx([0.1] * 6 + [0.075] * 6 + [0.05] * 6 + [0.025] * 6)
+    ft = [lr for kind, lr in seen if kind == "SGD"]  # one step per client and evaluation (rounds 0 and 4)
+    assert ft == [0.3] * len(ft) and len(ft) == 6

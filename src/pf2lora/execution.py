@@ -45,6 +45,22 @@ def running_client(generator: torch.Generator | None, executor: Executor | None 
         _local.generator, _local.executor = saved
 
 
+@contextlib.contextmanager
+def learning_rate_scale(factor: float) -> Iterator[None]:
+    """Run a block (one client's round) with every optimizer's learning rate multiplied by ``factor``."""
+    saved = getattr(_local, "lr_scale", 1.0)
+    _local.lr_scale = factor
+    try:
+        yield
+    finally:
+        _local.lr_scale = saved
+
+
+def lr_scale() -> float:
+    """The learning-rate multiplier of the block running in this thread (1 outside :func:`learning_rate_scale`)."""
+    return getattr(_local, "lr_scale", 1.0)
+
+
 def client_generator() -> torch.Generator | None:
     """The generator of the client running in this thread (None: torch's global RNG)."""
     return getattr(_local, "generator", None)

@@ -139,6 +139,12 @@ class FederationConfig(BaseModel):
     aggregation: Literal["uniform", "num_examples"] = "uniform"
     eval_every: int = Field(1, ge=0)
     """Evaluate every this many rounds (0: only after the last round)."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """The learning rate of every optimizer the clients train with, per round (:func:`lr_factor`): ``cosine`` is
+    OpenFedLLM's per-round cosine decay; step sizes inside an algorithm's update rule (PF2LoRA's α, Per-FedAvg's
+    inner step) and the fine-tuning before an evaluation keep their configured values."""
+    lr_min_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """Where ``cosine``/``linear`` decay to, as a fraction of the configured learning rate."""
     rank_threshold: float = Field(0.9, ge=0.0, le=1.0)
     """At every evaluation, the effective rank of each client's personalized ΔW per adapted layer (the paper's
     rule: the fewest singular values holding this share of their sum) goes into the eval rows; 0: not tracked."""
@@ -156,6 +162,17 @@ class FederationConfig(BaseModel):
     waves of at most 32, on the CPU 1 (one after another). Results are the same either way (up to float
     rounding); lower it if the device runs short of memory."""
     seed: int = Field(0, ge=0, lt=2**63)
+
+
+def lr_factor(schedule: Literal["constant", "cosine", "linear"], rnd: int, rounds: int, min_ratio: float) -> float:
+    """The learning-rate multiplier of round ``rnd`` (1-based) of ``rounds``: 1 in round 1, then decaying towards
+    ``min_ratio`` as OpenFedLLM's ``cosine_learning_rate(rnd - 1, rounds, ...)`` (the last round still trains)."""
+    t = (rnd - 1) / rounds
+    if schedule == "cosine":
+        return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * t))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * t
+    return 1.0
 
 
 def derive_seed(*parts: int) -> int:

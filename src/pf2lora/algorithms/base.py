@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import Tensor
 
 from pf2lora.adapters import AdaptedModel, Params
-from pf2lora.execution import gradients
+from pf2lora.execution import gradients, lr_scale
 
 
 class BatchSource(Protocol):
@@ -243,7 +243,8 @@ def leaves(params: Mapping[str, Tensor]) -> Params:
 def make_optimizer(
     kind: Literal["adamw", "sgd"], params: Mapping[str, Tensor], lr: float, weight_decay: float, state: dict
 ) -> torch.optim.Optimizer:
-    """An optimizer over ``params`` that resumes from a saved ``state`` dict (empty: fresh)."""
+    """An optimizer over ``params`` that resumes from a saved ``state`` dict (empty: fresh), at ``lr`` times the
+    round's schedule factor (:func:`~pf2lora.execution.lr_scale`)."""
     tensors = list(params.values())
     opt: torch.optim.Optimizer
     if kind == "adamw":
@@ -252,6 +253,8 @@ def make_optimizer(
         opt = torch.optim.SGD(tensors, lr=lr, weight_decay=weight_decay)
     if state:
         opt.load_state_dict(state)
+    for group in opt.param_groups:  # after loading: a saved state carries the rate of the round it was saved in
+        group["lr"] = lr * lr_scale()
     return opt
 
 

@@ -26,7 +26,7 @@ from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import Algorithm, ClientState, spec_of
 from pf2lora.devices import to_device
 from pf2lora.errors import DivergenceError
-from pf2lora.execution import LossScaler, loss_scaling
+from pf2lora.execution import LossScaler, learning_rate_scale, loss_scaling
 from pf2lora.federation import (
     BatchStream,
     ClientData,
@@ -37,6 +37,7 @@ from pf2lora.federation import (
     aggregation_weights,
     check_payload,
     derive_seed,
+    lr_factor,
     sample_clients,
 )
 from pf2lora.runtime.batched import Lockstep
@@ -187,6 +188,7 @@ class Simulation:
         so a client's update is the same whether it runs alone or batched with others.
         """
         cfg, device = self.config, self.model.device
+        lr = lr_factor(cfg.lr_schedule, rnd, cfg.rounds, cfg.lr_min_ratio)
 
         def job(i: int) -> Callable[[AdaptedModel], tuple[Params, dict[str, float]]]:
             cid = self.clients[i].cid
@@ -194,7 +196,8 @@ class Simulation:
             def update(model: AdaptedModel) -> tuple[Params, dict[str, float]]:
                 received = {k: v.clone() for k, v in self.global_state.items()}
                 state = self.states[cid].to(device)
-                out = self.algorithm.local_update(model, received, state, self.streams[cid], cfg.local_steps)
+                with learning_rate_scale(lr):
+                    out = self.algorithm.local_update(model, received, state, self.streams[cid], cfg.local_steps)
                 self.states[cid] = state.to(self.home)
                 return out
 
