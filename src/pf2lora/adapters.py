@@ -96,9 +96,12 @@ class TwoLevelLoRALinear(nn.Module):
         # Mixed precision: a bf16 base feeds the (fp32) adapters in their own dtype; each branch returns in the
         # base's (both casts are no-ops in fp32, where the arithmetic is exactly the plain formula's).
         h = h.to(self.lora_A.dtype)
-        out = out + (self.scaling * _low_rank(h, self.lora_A, self.lora_B)).to(out.dtype)
+        rows = execution.current_branch_weights()  # per-instance mixing (FedDPA's dynamic weighting), else None
+        common = self.scaling * _low_rank(h, self.lora_A, self.lora_B)
+        out = out + (common if rows is None else common * _per_row(rows[0], common)).to(out.dtype)
         if self.r_private:
-            out = out + (self.scaling_private * _low_rank(h, self.lora_C, self.lora_D)).to(out.dtype)
+            private = self.scaling_private * _low_rank(h, self.lora_C, self.lora_D)
+            out = out + (private if rows is None else private * _per_row(rows[1], private)).to(out.dtype)
         return out
 
     def delta_weight(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -126,6 +129,16 @@ class TwoLevelLoRALinear(nn.Module):
             f"r_private={self.r_private}, scaling={self.scaling:g}, "
             f"scaling_private={self.scaling_private:g}"
         )
+
+
+def _per_row(weights: Tensor, x: Tensor) -> Tensor:
+    """``weights`` (one per instance) shaped to scale the rows of ``x``; each repeated over the consecutive rows a
+    batch expanded it into (beam search's ``num_beams``)."""
+    n = weights.numel()
+    if x.shape[0] % n:
+        raise RuntimeError(f"{n} per-instance weights for a batch of {x.shape[0]} rows")
+    w = weights.repeat_interleave(x.shape[0] // n) if x.shape[0] != n else weights
+    return w.to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
 
 
 def _low_rank(h: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -321,15 +334,31 @@ class AdaptedModel:
     # ---- evaluation ----------------------------------------------------------------------------
     def loss(self, params: Mapping[str, Tensor], batch: Any) -> Tensor:
         """Task loss on ``batch`` with the given adapter/head values (others from the module)."""
-        return torch.func.functional_call(
-            self._wrapper, {"net." + k: v for k, v in params.items()}, (to_device(batch, self.device),), strict=False
-        )
+        batch = to_device(batch, self.device)
+        with self.mixed(batch if isinstance(batch, Mapping) else {}):
+            return torch.func.functional_call(
+                self._wrapper, {"net." + k: v for k, v in params.items()}, (batch,), strict=False
+            )
 
     def call(self, params: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
         """Forward of the underlying network at the given adapter/head values."""
         device = self.device
         args, kwargs = to_device(args, device), to_device(kwargs, device)
-        return torch.func.functional_call(self.net, dict(params), args, kwargs, strict=False)
+        with self.mixed(kwargs):
+            return torch.func.functional_call(self.net, dict(params), args, kwargs, strict=False)
+
+    @contextlib.contextmanager
+    def mixed(self, inputs: Mapping[str, Any]) -> Iterator[None]:
+        """Inside :func:`~pf2lora.execution.instance_mixing`, scale each row's adapter branches by what the mixer
+        computes from ``inputs`` (its own forwards run unmixed); elsewhere, or without ``input_ids``, nothing."""
+        mixer = execution.current_mixer()
+        if mixer is None or "input_ids" not in inputs:
+            yield
+            return
+        with execution.instance_mixing(None):
+            common, private = mixer(inputs)
+        with execution.branch_weights(common, private):
+            yield
 
     @contextlib.contextmanager
     def use(self, params: Mapping[str, Tensor]) -> Iterator[nn.Module]:

@@ -61,6 +61,45 @@ def lr_scale() -> float:
     return getattr(_local, "lr_scale", 1.0)
 
 
+#: Per-instance scaling of the LoRA branches: (batch rows) -> (factor of the common branch, of the private one).
+InstanceMixer = Callable[[Mapping[str, Tensor]], tuple[Tensor, Tensor]]
+
+
+@contextlib.contextmanager
+def branch_weights(common: Tensor, private: Tensor) -> Iterator[None]:
+    """Run a block with each batch row's common LoRA branch scaled by its entry of ``common`` and its private
+    branch by its entry of ``private`` (one entry per row; repeated where a batch expands its rows, as beam
+    search does)."""
+    saved = getattr(_local, "branch_weights", None)
+    _local.branch_weights = (common, private)
+    try:
+        yield
+    finally:
+        _local.branch_weights = saved
+
+
+def current_branch_weights() -> tuple[Tensor, Tensor] | None:
+    """The per-row branch factors of the block running in this thread (None: every row at 1)."""
+    return getattr(_local, "branch_weights", None)
+
+
+@contextlib.contextmanager
+def instance_mixing(mixer: InstanceMixer | None) -> Iterator[None]:
+    """Run a block (one client's evaluation) with every forward's branch factors from ``mixer(inputs)``
+    (FedDPA's instance-wise dynamic weighting); None: plain forwards."""
+    saved = getattr(_local, "mixer", None)
+    _local.mixer = mixer
+    try:
+        yield
+    finally:
+        _local.mixer = saved
+
+
+def current_mixer() -> InstanceMixer | None:
+    """The instance mixer of the block running in this thread (None outside :func:`instance_mixing`)."""
+    return getattr(_local, "mixer", None)
+
+
 def client_generator() -> torch.Generator | None:
     """The generator of the client running in this thread (None: torch's global RNG)."""
     return getattr(_local, "generator", None)

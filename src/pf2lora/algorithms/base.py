@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import Tensor
 
 from pf2lora.adapters import AdaptedModel, Params
-from pf2lora.execution import gradients, lr_scale
+from pf2lora.execution import InstanceMixer, gradients, lr_scale
 
 
 class BatchSource(Protocol):
@@ -185,6 +185,15 @@ class Algorithm(ABC):
     ) -> Params:
         """All adapter/head values of the client's personalized model, for evaluation."""
         return {**{k: v.detach() for k, v in global_state.items()}, **(state.private if state else {})}
+
+    def mixes_instances(self) -> bool:
+        """Whether evaluation re-weights the personalized model's adapters per test instance (then runtimes
+        evaluate clients one at a time, each under :meth:`instance_mixer`)."""
+        return False
+
+    def instance_mixer(self, model: AdaptedModel, personalized: Params, data: BatchSource | None) -> InstanceMixer:
+        """The per-instance branch factors of the personalized model (only called where :meth:`mixes_instances`)."""
+        raise NotImplementedError(f"{self.name} does not mix adapters per instance")
 
 
 def weighted_mean(uploads: Sequence[Params], weights: Sequence[float]) -> Params:

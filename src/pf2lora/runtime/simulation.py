@@ -26,7 +26,7 @@ from pf2lora.adapters import AdaptedModel, Params
 from pf2lora.algorithms.base import Algorithm, ClientState, spec_of
 from pf2lora.devices import to_device
 from pf2lora.errors import DivergenceError
-from pf2lora.execution import LossScaler, learning_rate_scale, loss_scaling
+from pf2lora.execution import InstanceMixer, LossScaler, instance_mixing, learning_rate_scale, loss_scaling
 from pf2lora.federation import (
     BatchStream,
     ClientData,
@@ -218,11 +218,14 @@ class Simulation:
         self.model.net.train()
         return self._local_updates(rnd, [position])[0]
 
-    def _run_clients(self, jobs: Sequence[Callable[[AdaptedModel], T]], seeds: Sequence[int]) -> list[T]:
+    def _run_clients(
+        self, jobs: Sequence[Callable[[AdaptedModel], T]], seeds: Sequence[int], plain: bool = False
+    ) -> list[T]:
         """``jobs[k](model)`` for each client k, its randomness seeded by ``seeds[k]``: batched through the
-        lockstep (each with its own generator), or one after another (the global RNG seeded per client)."""
+        lockstep (each with its own generator), or one after another (the global RNG seeded per client; always
+        where ``plain``)."""
         with loss_scaling(self.scaler):
-            if not self._batched(len(jobs)):
+            if plain or not self._batched(len(jobs)):
                 results = []
                 for job, seed in zip(jobs, seeds, strict=True):
                     torch.manual_seed(seed)
@@ -232,22 +235,25 @@ class Simulation:
             device = self.model.device
             return self.lockstep.run(jobs, [torch.Generator(device).manual_seed(s) for s in seeds])
 
-    def _personalize(self, model: AdaptedModel, client: ClientData) -> Params:
-        """Adapter values of ``client``'s personalized model under the current global state."""
+    def _personalize(self, model: AdaptedModel, client: ClientData) -> tuple[Params, InstanceMixer | None]:
+        """Adapter values of ``client``'s personalized model under the current global state, and the algorithm's
+        per-instance mixing of them (None: every test instance sees those values)."""
         pos = next((i for i, c in enumerate(self.eval_clients) if c is client), 0)
         idx = self.eval_indices[pos]
         stream = BatchStream(client, self.config.batch_size, derive_seed(self.config.seed, 5, self.round, idx))
         state = self.states.get(client.cid)
-        return self.algorithm.personalize(
+        params = self.algorithm.personalize(
             model, self.global_state, state.to(self.model.device) if state else None, stream
         )
+        mixer = self.algorithm.instance_mixer(model, params, stream) if self.algorithm.mixes_instances() else None
+        return params, mixer
 
     def evaluated_params(self, client: ClientData) -> Params:
         """Exactly the personalized values :meth:`evaluate` scores for ``client`` now (same seeding)."""
         self.model.net.eval()
         torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
         with loss_scaling(self.scaler):
-            return self._personalize(self.model, client)
+            return self._personalize(self.model, client)[0]
 
     def _ranks(self, params: Params) -> dict[str, float]:
         """``rank:<layer>`` per adapted layer of the personalized ΔW and their mean ``rank_mean`` (none when
@@ -262,14 +268,17 @@ class Simulation:
         if self.evaluator is None:
             return
         evaluator = self.evaluator
-        wave = self.parallel if self.lockstep is not None else 1
+        # per-instance mixing scales rows of one client's batch: such clients are evaluated one at a time
+        plain = self.algorithm.mixes_instances()
+        wave = self.parallel if self.lockstep is not None and not plain else 1
         for first in range(0, len(self.eval_clients), wave):
             chunk = self.eval_clients[first : first + wave]
 
             def job(client: ClientData) -> Callable[[AdaptedModel], dict[str, float]]:
                 def score(model: AdaptedModel) -> dict[str, float]:
-                    params = self._personalize(model, client)
-                    with torch.inference_mode():  # evaluation never feeds autograd: no version counters, no views
+                    params, mixer = self._personalize(model, client)
+                    # evaluation never feeds autograd: no version counters, no views
+                    with torch.inference_mode(), instance_mixing(mixer):
                         metrics = evaluator(model, params, client)
                     return metrics | self._ranks(params)
 
@@ -277,7 +286,7 @@ class Simulation:
 
             self.model.net.eval()
             seed = derive_seed(self.config.seed, 6, self.round)
-            results = self._run_clients([job(c) for c in chunk], [seed] * len(chunk))
+            results = self._run_clients([job(c) for c in chunk], [seed] * len(chunk), plain=plain)
             for client, metrics in zip(chunk, results, strict=True):
                 bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
                 if bad is not None:

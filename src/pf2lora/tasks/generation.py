@@ -107,14 +107,15 @@ class Generation(Task):
                 enc = to_device(
                     dict(tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)), model.device
                 )
-                gen = net.generate(
-                    **enc,
-                    num_beams=s.num_beams,
-                    max_new_tokens=s.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id,
-                )
+                with model.mixed(enc):
+                    gen = net.generate(
+                        **enc,
+                        num_beams=s.num_beams,
+                        max_new_tokens=s.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id,
+                        eos_token_id=tok.eos_token_id,
+                    )
                 texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :].cpu(), skip_special_tokens=True)
                 out.extend(t.strip().split("\n")[0].strip() for t in texts)
         return out
