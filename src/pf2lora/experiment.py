@@ -147,7 +147,7 @@ def prepare(cfg: ExperimentConfig, tokenizer: Any | None = None, only: Sequence[
                     "or more data (data.max_examples)"
                 )
     if tokenizer is None and (only is None or len(only)):  # the partition alone needs no tokenizer
-        _, tokenizer = models.load(cfg.model.name, task_cls.kind, _num_labels(examples))
+        tokenizer = models.load_tokenizer(cfg.model.name, task_cls.kind)
     task = task_cls(tokenizer, cfg.task)
     clients = [
         task.client(str(k), [examples[i] for i in train.clients[k]], [examples[i] for i in test.clients[k]])

@@ -159,6 +159,22 @@ def check(name: str, kind: ModelKind) -> None:
         )
 
 
+def load_tokenizer(name: str, kind: ModelKind) -> Any:
+    """The tokenizer of model ``name`` (without loading its weights); decoders get a pad token and left padding."""
+    from transformers import AutoTokenizer
+
+    check(name, kind)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(os.path.expanduser(name)))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load {name!r} ({_first_line(e)})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if kind == "causal_lm":
+        tokenizer.padding_side = "left"  # batched generation appends to the right end of every row
+    return tokenizer
+
+
 def load(
     name: str,
     kind: ModelKind,
@@ -166,25 +182,14 @@ def load(
     attn_implementation: str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, Any]:
-    """(model in ``dtype``, tokenizer) for ``kind``; decoder tokenizers get a pad token and left padding."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForQuestionAnswering,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    """(model in ``dtype``, tokenizer) for ``kind`` (the tokenizer as :func:`load_tokenizer` gives it)."""
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    check(name, kind)
+    tokenizer = load_tokenizer(name, kind)
     path = resolve(os.path.expanduser(name))
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.name: cannot load {name!r} ({_first_line(e)})") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     auto = {
         "classification": AutoModelForSequenceClassification,
         "qa": AutoModelForQuestionAnswering,
@@ -197,8 +202,6 @@ def load(
         raise ConfigError(f"model.name: cannot load {name!r} as a {kind} model ({_first_line(e)})") from None
     if kind == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if kind == "causal_lm":
-        tokenizer.padding_side = "left"  # batched generation appends to the right end of every row
     return model, tokenizer
 
 
