@@ -137,7 +137,7 @@ def _per_row(weights: Tensor, x: Tensor) -> Tensor:
     n = weights.numel()
     if x.shape[0] % n:
         raise RuntimeError(f"{n} per-instance weights for a batch of {x.shape[0]} rows")
-    w = weights.repeat_interleave(x.shape[0] // n) if x.shape[0] != n else weights
+    w = weights.repeat_interleave(x.shape[0] // n)
     return w.to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
 
 

@@ -46,36 +46,36 @@ def running_client(generator: torch.Generator | None, executor: Executor | None 
 
 
 @contextlib.contextmanager
-def learning_rate_scale(factor: float) -> Iterator[None]:
-    """Run a block (one client's round) with every optimizer's learning rate multiplied by ``factor``."""
-    saved = getattr(_local, "lr_scale", 1.0)
-    _local.lr_scale = factor
+def _scoped(name: str, value: Any) -> Iterator[None]:
+    """Set this thread's setting ``name`` to ``value`` for a block, restoring the outer value after it."""
+    saved = getattr(_local, name, None)
+    setattr(_local, name, value)
     try:
         yield
     finally:
-        _local.lr_scale = saved
+        setattr(_local, name, saved)
+
+
+def learning_rate_scale(factor: float) -> contextlib.AbstractContextManager[None]:
+    """Run a block (one client's round) with every optimizer's learning rate multiplied by ``factor``."""
+    return _scoped("lr_scale", factor)
 
 
 def lr_scale() -> float:
     """The learning-rate multiplier of the block running in this thread (1 outside :func:`learning_rate_scale`)."""
-    return getattr(_local, "lr_scale", 1.0)
+    scale = getattr(_local, "lr_scale", None)
+    return 1.0 if scale is None else scale
 
 
 #: Per-instance scaling of the LoRA branches: (batch rows) -> (factor of the common branch, of the private one).
 InstanceMixer = Callable[[Mapping[str, Tensor]], tuple[Tensor, Tensor]]
 
 
-@contextlib.contextmanager
-def branch_weights(common: Tensor, private: Tensor) -> Iterator[None]:
+def branch_weights(common: Tensor, private: Tensor) -> contextlib.AbstractContextManager[None]:
     """Run a block with each batch row's common LoRA branch scaled by its entry of ``common`` and its private
     branch by its entry of ``private`` (one entry per row; repeated where a batch expands its rows, as beam
     search does)."""
-    saved = getattr(_local, "branch_weights", None)
-    _local.branch_weights = (common, private)
-    try:
-        yield
-    finally:
-        _local.branch_weights = saved
+    return _scoped("branch_weights", (common, private))
 
 
 def current_branch_weights() -> tuple[Tensor, Tensor] | None:
@@ -83,16 +83,10 @@ def current_branch_weights() -> tuple[Tensor, Tensor] | None:
     return getattr(_local, "branch_weights", None)
 
 
-@contextlib.contextmanager
-def instance_mixing(mixer: InstanceMixer | None) -> Iterator[None]:
+def instance_mixing(mixer: InstanceMixer | None) -> contextlib.AbstractContextManager[None]:
     """Run a block (one client's evaluation) with every forward's branch factors from ``mixer(inputs)``
     (FedDPA's instance-wise dynamic weighting); None: plain forwards."""
-    saved = getattr(_local, "mixer", None)
-    _local.mixer = mixer
-    try:
-        yield
-    finally:
-        _local.mixer = saved
+    return _scoped("mixer", mixer)
 
 
 def current_mixer() -> InstanceMixer | None:
