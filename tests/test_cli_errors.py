@@ -66,6 +66,11 @@ CASES = {
     "typo in target": (sets("lora.target_modules=[qurey]"), "qurey"),
     "one typo among targets": (sets("lora.target_modules=[query,valeu]"), "valeu"),
     "head as target": (sets("lora.target_modules=[classifier]"), "classifier"),
+    "unknown head module": (sets("model.head_modules=[bert.poolr]"), "model.head_modules"),
+    "target inside the head": (
+        sets("model.head_modules=[bert.pooler,classifier]", "lora.target_modules=[dense]"),
+        "dense",
+    ),
     "huge rank": (sets("lora.r=1000000000000000000000000000000"), "lora.r"),
     "nan alpha": (sets("lora.alpha=.nan"), "lora.alpha"),
     "inf lr": (sets("algorithms.pf2lora.lr=.inf"), "algorithms.pf2lora.lr"),

@@ -75,6 +75,14 @@ def _gpt2_cls() -> nn.Module:
 #: name -> (builder, LoRA targets, head modules, PEFT task type, Auto class that reloads it)
 CASES: dict[str, tuple[Callable[[], nn.Module], list[str], list[str], str, str]] = {
     "bert-cls": (_bert_cls, ["query", "value"], ["classifier"], "SEQ_CLS", "AutoModelForSequenceClassification"),
+    # model.head_modules: BERT's pooler trained in full beside the classifier (a nested module in modules_to_save)
+    "bert-cls-pooler": (
+        _bert_cls,
+        ["query", "value"],
+        ["bert.pooler", "classifier"],
+        "SEQ_CLS",
+        "AutoModelForSequenceClassification",
+    ),
     "bert-qa": (_bert_qa, ["query", "value"], ["qa_outputs"], "QUESTION_ANS", "AutoModelForQuestionAnswering"),
     "roberta-cls": (_roberta_cls, ["query", "value"], ["classifier"], "SEQ_CLS", "AutoModelForSequenceClassification"),
     "llama-lm": (_llama_lm, ["q_proj", "v_proj"], [], "CAUSAL_LM", "AutoModelForCausalLM"),

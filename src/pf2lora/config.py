@@ -46,6 +46,9 @@ class ModelSettings(_Strict):
         None
     )
     """Attention kernel (default: the model's; eager where an algorithm takes exact second derivatives)."""
+    head_modules: list[_NonEmptyStr] | None = Field(None, min_length=1)
+    """Modules trained in full beside the adapters, by qualified name (unset: the task head, e.g. BERT's
+    ``classifier``); e.g. ``[bert.pooler, classifier]`` gives BERT the dense + output head RoBERTa's has."""
 
 
 class DataSettings(_Strict):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pf2lora import checkpoint, models
-from pf2lora.adapters import AdaptedModel, Params, add_two_level_lora
+from pf2lora.adapters import AdaptedModel, Params, add_two_level_lora, lora_layers
 from pf2lora.algorithms import ALGORITHMS, Algorithm, ClientState, make_algorithm
 from pf2lora.config import ExperimentConfig, dump_config
 from pf2lora.data import (
@@ -182,19 +182,21 @@ def build_model(
     attention = cfg.model.attn_implementation or ("eager" if algorithm.needs_exact_second_derivatives() else None)
     dtype = PRECISIONS[cfg.federation.precision]
     net, _ = models.load(cfg.model.name, task.kind, num_labels, attention, dtype)
-    heads = models.head_modules(net, task.kind)
+    heads = cfg.model.head_modules or models.head_modules(net, task.kind)
+    modules = dict(net.named_modules())
+    for h in heads:
+        if h not in modules or not any(True for _ in modules[h].parameters()):
+            raise ConfigError(f"model.head_modules: {h!r} is no module with parameters of {cfg.model.name}")
     if dtype != torch.float32:
         keep_heads_fp32(net, heads)
     targets = lora.target_modules or models.target_modules(net)
-    for t in targets:
-        if any(t == h or t.startswith(h + ".") for h in heads):
-            raise ConfigError(
-                f"lora.target_modules: {t!r} is the task head, which is trained in full, not a LoRA target"
-            )
     try:
         add_two_level_lora(net, targets, lora.r, lora.r_private, lora.alpha, lora.alpha_private, lora.dropout)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"lora.target_modules: {e}") from None
+    for layer in lora_layers(net):
+        if any(layer == h or layer.startswith(h + ".") for h in heads):
+            raise ConfigError(f"lora.target_modules: {layer!r} is in the task head, which is trained in full")
     net.to(device if device is not None else resolve_device(cfg.federation.device))
     return AdaptedModel(net, task.loss, heads, lora.head_group, task.loss_from_outputs, task.targets)
 
