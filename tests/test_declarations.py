@@ -166,5 +166,9 @@ def test_compare_over_seeds_reports_mean_and_std(tiny_config: Path, tmp_path: Pa
     row = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| FFA-LoRA |"))
     assert f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" in row
     assert "mean ± std over seeds 3, 5" in (out / "table.md").read_text()
+    from matplotlib.image import imread
+
+    # one panel for the clients' own test splits, one for the shared held-out set (6 in x 100 dpi each)
+    assert imread(out / "compare.png").shape[1] == 1200
     bad = CliRunner().invoke(app, [*args, "--seeds", "1,x"])
     assert bad.exit_code == 2 and "--seeds: '1,x' is not a comma-separated list of integers" in bad.output

@@ -404,7 +404,7 @@ def compare(
     ] = None,
     debug: DebugOption = False,
 ) -> None:
-    """Run several algorithms on identical client partitions; write table.md and compare.png."""
+    """Run several algorithms on identical client partitions; write table.md and compare.png (both metrics)."""
     with _errors(debug):
         from pf2lora.experiment import comparison_table, plot_comparison
         from pf2lora.io import write_json, write_text
@@ -428,12 +428,13 @@ def compare(
         table = comparison_table(cfg, per_seed)
         write_text(out / "table.md", table)
         if seed_list:
+            plot_comparison(out, names, summaries[0]["metric"], [out / f"seed_{s}" for s in seed_list])
             write_json(
                 out / "summary.json", {"seeds": seed_list, "summaries": {str(k): v for k, v in per_seed.items()}}
             )
         console.print(table)
         console.print(
-            f"wrote {out / 'table.md'}" + (" and per-seed folders" if seed_list else f" and {out / 'compare.png'}")
+            f"wrote {out / 'table.md'} and {out / 'compare.png'}" + (" and per-seed folders" if seed_list else "")
         )
 
 

@@ -561,8 +561,10 @@ def comparison_table(cfg: ExperimentConfig, per_seed: Mapping[int, Sequence[dict
     return "\n".join(lines) + "\n"
 
 
-def plot_comparison(out: Path, names: Sequence[str], metric: str) -> None:
-    """Mean client test metric per round, one line per algorithm."""
+def plot_comparison(out: Path, names: Sequence[str], metric: str, runs: Sequence[Path] | None = None) -> None:
+    """``out/compare.png``: the mean client test metric per round, one line per algorithm, beside the same on the
+    shared held-out set (``global_<metric>``, where evaluated); over several ``runs`` (one folder per seed) the
+    mean over seeds with a ± std band."""
     import json
 
     import matplotlib
@@ -570,13 +572,34 @@ def plot_comparison(out: Path, names: Sequence[str], metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-        ax.plot(*_mean_by_round([r for r in rows if r["kind"] == "eval"], metric), label=display_name(name))
-    ax.set(title=f"mean client test {metric}", xlabel="round")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    runs = list(runs or [out])
+    evals = {
+        name: [
+            [r for r in map(json.loads, (run / name / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+            for run in runs
+        ]
+        for name in names
+    }
+    keys = [k for k in (metric, f"global_{metric}") if any(k in r for per in evals.values() for r in per[0])]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for name in names:
+            curves = [dict(zip(*_mean_by_round(rows, key), strict=True)) for rows in evals[name]]
+            rounds = sorted(set.intersection(*(set(c) for c in curves)))
+            if not rounds:
+                continue
+            values = np.array([[c[k] for k in rounds] for c in curves])
+            (line,) = ax.plot(rounds, values.mean(0), label=display_name(name))
+            if len(runs) > 1:
+                spread = values.std(0, ddof=1)
+                ax.fill_between(
+                    rounds, values.mean(0) - spread, values.mean(0) + spread, color=line.get_color(), alpha=0.2
+                )
+        where = "own test split" if key == metric else "shared held-out set"
+        seeds = f", mean ± std over {len(runs)} seeds" if len(runs) > 1 else ""
+        ax.set(title=f"{key}: mean over clients, {where}{seeds}", xlabel="round")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     atomic_write(out / "compare.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
