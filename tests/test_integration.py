@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from pf2lora.cli import app
 from pf2lora.config import ConfigError, load_config
-from pf2lora.experiment import prepare, run_algorithm
+from pf2lora.experiment import predict_run, prepare, run_algorithm
+from pf2lora.metrics import generation_metrics, squad_em_f1
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -70,6 +71,9 @@ def test_squad_v1_minilm(tmp_path):
     cfg = load_config(ROOT / "configs/mini/squad.yaml", [*TINY, "data.max_examples=24", "task.max_length=128"])
     summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)
     assert {"exact_match", "f1", "global_exact_match", "global_f1"} <= set(summary["final"]["mean"])
+    for cid, records in _predictions(tmp_path).items():  # `pf2lora predict` gives the answers that were scored
+        scored = squad_em_f1({r["id"]: r["prediction"] for r in records}, {r["id"]: r["references"] for r in records})
+        assert scored["f1"] == pytest.approx(summary["final"]["clients"][cid]["f1"], abs=1e-9)
 
 
 def test_e2e_smollm2(tmp_path):
@@ -85,6 +89,19 @@ def test_e2e_smollm2(tmp_path):
     cfg = load_config(ROOT / "configs/mini/e2e.yaml", overrides)
     summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)
     assert {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr", "TER"} <= set(summary["final"]["mean"])
+    for cid, records in _predictions(tmp_path).items():  # `pf2lora predict` gives the sentences that were scored
+        bleu = generation_metrics([r["prediction"] for r in records], [r["references"] for r in records])["BLEU"]
+        assert bleu == pytest.approx(summary["final"]["clients"][cid]["BLEU"], abs=1e-9)
+
+
+def _predictions(run_dir: Path) -> dict[str, list[dict]]:
+    """``predict_run`` of a finished run: its records per client (own test split)."""
+    assert predict_run(run_dir, run_dir / "predictions.jsonl") > 0
+    by: dict[str, list[dict]] = {}
+    for line in (run_dir / "predictions.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        by.setdefault(r["client"], []).append(r)
+    return by
 
 
 def test_missing_data_file_is_a_one_line_error(tmp_path):

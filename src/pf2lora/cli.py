@@ -545,6 +545,33 @@ def export(
         console.print(f"wrote {len(paths)} PEFT adapter(s) under {out}")
 
 
+@app.command()
+def predict(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run's output directory (of `run`, or one algorithm's of `compare`).")
+    ],
+    out: Annotated[Path, typer.Option(help="Output file (JSON lines): one record per client and test example.")],
+    client: Annotated[list[str] | None, typer.Option(help="Client id (repeatable; default: all).")] = None,
+    split: Annotated[
+        str, typer.Option(help="own: each client's own test split; global: the shared held-out set.")
+    ] = "own",
+    debug: DebugOption = False,
+) -> None:
+    """Write each client's personalized model's outputs on its test examples (input, prediction, reference),
+    exactly as the run's evaluation scored them at its last checkpoint."""
+    with _errors(debug):
+        from pf2lora.experiment import predict_run
+
+        if not (run_dir / "config.resolved.yaml").is_file():
+            _fail(f"{run_dir}: not a pf2lora run directory (no config.resolved.yaml)")
+        if out.is_dir():
+            _fail(f"--out {out}: is a folder; name a file")
+        _threads()
+        _quiet_transformers()
+        n = predict_run(run_dir, out, client, split)
+        console.print(f"wrote {n} predictions to {out}")
+
+
 def main() -> None:
     """Entry point: command-line usage errors are one ``error:`` line too (exit 2)."""
     import sys

@@ -335,19 +335,16 @@ def build_simulation(
     return Simulation(model, algorithm, train_clients, fed, task.evaluate, prepared.clients)
 
 
-def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -> list[Path]:
-    """Write each client's personalized model of the run in ``run_dir`` as a PEFT adapter ``out/client_<id>``.
-
-    The model is rebuilt from the run's resolved config and its last checkpoint, so each adapter holds the
-    values the run's own evaluation scored at that round.
-    """
+def restore_run(run_dir: Path, clients: Sequence[str] | None = None) -> tuple[Prepared, Simulation, list[ClientData]]:
+    """The run in ``run_dir`` rebuilt in this process at its last checkpoint (from its resolved config, on the
+    CPU: rebuilding is light work, so any run restores here), and its clients named in ``clients`` (default:
+    all)."""
     from pf2lora.config import load_config
-    from pf2lora.export import export_peft_adapter, peft_task_type
 
     state = checkpoint.load(run_dir)
     if state is None:
         runs = sorted(p.parent.name for p in run_dir.glob(f"*/{checkpoint.CHECKPOINT_DIR}"))
-        hint = f": export one of its runs ({', '.join(str(run_dir / r) for r in runs)})" if runs else ""
+        hint = f": name one of its runs ({', '.join(str(run_dir / r) for r in runs)})" if runs else ""
         raise OutputError(f"{run_dir}: no checkpoint of a run here{hint}")
     cfg = load_config(run_dir / "config.resolved.yaml")
     name = state["algorithm"]
@@ -355,35 +352,69 @@ def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -
         raise OutputError(f"{run_dir}: checkpoint of an unknown algorithm {name!r}")
     prepared = prepare(cfg)
     known = [c.cid for c in prepared.clients]
-    wanted = list(clients) if clients else known
-    unknown = [c for c in wanted if c not in known]
+    unknown = [c for c in clients or () if c not in known]
     if unknown:
         raise InputError(f"--client {unknown[0]}: no such client; the run has clients {', '.join(known)}")
+    sim = build_simulation(prepared, name, torch.device("cpu"))
+    if state.get("runtime") == "flower":
+        _restore_flower_run(run_dir, sim, state)
+    else:
+        checkpoint.restore(run_dir, sim, state)
+    return prepared, sim, [c for c in prepared.clients if not clients or c.cid in clients]
+
+
+def export_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None) -> list[Path]:
+    """Write each client's personalized model of the run in ``run_dir`` as a PEFT adapter ``out/client_<id>``,
+    holding the values the run's own evaluation scored at its last checkpoint."""
+    from pf2lora.export import export_peft_adapter, peft_task_type
+
     if out.exists() and any(
         not (p.is_dir() and p.name.startswith("client_") and (p / "adapter_config.json").is_file())
         for p in out.iterdir()
     ):
         raise OutputError(f"--out {out}: holds files other than earlier exports; choose another folder")
-    sim = build_simulation(prepared, name, torch.device("cpu"))  # exporting is light work; any run exports here
-    if state.get("runtime") == "flower":
-        _restore_flower_run(run_dir, sim, state)
-    else:
-        checkpoint.restore(run_dir, sim, state)
-    written = []
-    for client in prepared.clients:
-        if client.cid in wanted:
-            params = sim.evaluated_params(client)
-            written.append(
-                export_peft_adapter(
-                    sim.model,
-                    params,
-                    out / f"client_{client.cid}",
-                    base_model_name_or_path=models.resolve(cfg.model.name),
-                    task_type=peft_task_type(prepared.task.kind),
-                    client=client.cid,
-                )
-            )
-    return written
+    prepared, sim, wanted = restore_run(run_dir, clients)
+    return [
+        export_peft_adapter(
+            sim.model,
+            sim.evaluated_params(client),
+            out / f"client_{client.cid}",
+            base_model_name_or_path=models.resolve(prepared.cfg.model.name),
+            task_type=peft_task_type(prepared.task.kind),
+            client=client.cid,
+        )
+        for client in wanted
+    ]
+
+
+#: ``pf2lora predict --split``: which test set of each client.
+PREDICT_SPLITS = ("own", "global")
+
+
+def predict_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None, split: str = "own") -> int:
+    """Write ``out`` (JSON lines): for each client of the run in ``run_dir``, each example of its own test split
+    (``split="own"``) or of the shared held-out set (``"global"``) with the personalized model's output, exactly
+    as the run's evaluation scored it at its last checkpoint; class labels by name. Returns the record count."""
+    from pf2lora.data import LABEL_NAMES
+
+    if split not in PREDICT_SPLITS:
+        raise InputError(f"--split {split}: choose one of {', '.join(PREDICT_SPLITS)}")
+    prepared, sim, wanted = restore_run(run_dir, clients)
+    if split == "global" and any(c.global_test is None for c in wanted):
+        raise InputError("--split global: the run has no shared held-out set (data.global_split is null)")
+    task, names = prepared.task, LABEL_NAMES.get(prepared.cfg.data.dataset)
+
+    def predictions(model: AdaptedModel, params: Params, client: ClientData) -> list[dict[str, Any]]:
+        return task.predict(model, params, client.test if split == "own" else client.global_test)
+
+    rows = []
+    for client in wanted:
+        for r in sim.as_evaluated(client, predictions):
+            if names is not None:
+                r |= {k: names[r[k]] for k in ("label", "prediction") if k in r}
+            rows.append({"client": client.cid, "split": split, **r})
+    write_jsonl(out, rows)
+    return len(rows)
 
 
 def _restore_flower_run(run_dir: Path, sim: Simulation, state: dict[str, Any]) -> None:

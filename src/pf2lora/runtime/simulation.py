@@ -250,10 +250,25 @@ class Simulation:
 
     def evaluated_params(self, client: ClientData) -> Params:
         """Exactly the personalized values :meth:`evaluate` scores for ``client`` now (same seeding)."""
+        return self.as_evaluated(client, lambda model, params, client: params)
+
+    def as_evaluated(self, client: ClientData, fn: Callable[[AdaptedModel, Params, ClientData], T]) -> T:
+        """``fn(model, params, client)`` on ``client``'s personalized model exactly as :meth:`evaluate` scores it
+        now (same seeding, per-instance mixing included)."""
         self.model.net.eval()
         torch.manual_seed(derive_seed(self.config.seed, 6, self.round))
         with loss_scaling(self.scaler):
-            return self._personalize(self.model, client)[0]
+            return self._scored(self.model, client, fn)[0]
+
+    def _scored(
+        self, model: AdaptedModel, client: ClientData, fn: Callable[[AdaptedModel, Params, ClientData], T]
+    ) -> tuple[T, Params]:
+        """``fn`` on the personalized model of ``client`` under its instance mixer, without autograd; and the
+        personalized values."""
+        params, mixer = self._personalize(model, client)
+        # evaluation never feeds autograd: no version counters, no views
+        with torch.inference_mode(), instance_mixing(mixer):
+            return fn(model, params, client), params
 
     def _ranks(self, params: Params) -> dict[str, float]:
         """``rank:<layer>`` per adapted layer of the personalized ΔW and their mean ``rank_mean`` (none when
@@ -276,10 +291,7 @@ class Simulation:
 
             def job(client: ClientData) -> Callable[[AdaptedModel], dict[str, float]]:
                 def score(model: AdaptedModel) -> dict[str, float]:
-                    params, mixer = self._personalize(model, client)
-                    # evaluation never feeds autograd: no version counters, no views
-                    with torch.inference_mode(), instance_mixing(mixer):
-                        metrics = evaluator(model, params, client)
+                    metrics, params = self._scored(model, client, evaluator)
                     return metrics | self._ranks(params)
 
                 return score

@@ -55,6 +55,11 @@ class Task(ABC):
     def score(self, model: AdaptedModel, params: Params, test: Any) -> dict[str, float]:
         """Metrics of the model ``params`` on one :meth:`test_set`."""
 
+    @abstractmethod
+    def predict(self, model: AdaptedModel, params: Params, test: Any) -> list[dict[str, Any]]:
+        """One record per example of a :meth:`test_set`: its input, the model's output and the reference, as
+        :meth:`score` scores them (``pf2lora predict``)."""
+
     def evaluate(self, model: AdaptedModel, params: Params, client: ClientData) -> dict[str, float]:
         """The personalized model's metrics on the client's own test split and, as ``global_<metric>``, on the
         held-out set shared by all clients (telling a learned task from a learned label prior)."""

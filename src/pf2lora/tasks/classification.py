@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
 from pf2lora.adapters import AdaptedModel, Params
@@ -51,23 +52,43 @@ class Classification(Task):
     def test_set(self, examples: Sequence[TextExample]) -> list[dict[str, Any]]:
         return self.encode(examples)
 
-    def score(self, model: AdaptedModel, params: Params, test: list[dict[str, Any]]) -> dict[str, float]:
-        rows = test
+    def _predicted(
+        self, model: AdaptedModel, params: Params, rows: list[dict[str, Any]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted label and cross-entropy loss per row."""
         # batches of similar length waste little on padding (the mask keeps padding out of every result)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
         pred = np.zeros(len(rows), dtype=int)
-        losses = []
+        loss = np.zeros(len(rows))
         bs = self.settings.eval_batch_size
         for start in range(0, len(rows), bs):
             chunk = order[start : start + bs]
             batch = self.collate([rows[i] for i in chunk])
-            out = model.call(params, **batch)
-            pred[chunk] = out.logits.argmax(-1).cpu().numpy()
-            losses.append(float(out.loss) * len(chunk))
-        labels = np.array([r["labels"] for r in rows])
+            logits = model.call(params, **batch).logits.float()
+            pred[chunk] = logits.argmax(-1).cpu().numpy()
+            loss[chunk] = F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none").cpu().numpy()
+        return pred, loss
+
+    def score(self, model: AdaptedModel, params: Params, test: list[dict[str, Any]]) -> dict[str, float]:
+        pred, loss = self._predicted(model, params, test)
+        labels = np.array([r["labels"] for r in test])
         return {
             "accuracy": 100.0 * accuracy(pred, labels),
             "balanced_accuracy": 100.0 * balanced_accuracy(pred, labels),
             "mcc": 100.0 * matthews_corrcoef(pred, labels),
-            "eval_loss": sum(losses) / max(1, len(rows)),
+            "eval_loss": float(loss.mean()) if len(test) else 0.0,
         }
+
+    def predict(self, model: AdaptedModel, params: Params, test: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The input as the model saw it (decoded, after truncation), the label, the predicted label and the
+        example's cross-entropy loss."""
+        pred, loss = self._predicted(model, params, test)
+        return [
+            {
+                "input": self.tokenizer.decode(r["input_ids"], skip_special_tokens=True),
+                "label": int(r["labels"]),
+                "prediction": int(p),
+                "loss": float(x),
+            }
+            for r, p, x in zip(test, pred, loss, strict=True)
+        ]

@@ -128,3 +128,11 @@ class Generation(Task):
         losses = [float(model.loss(params, self.collate(rows[i : i + 8]))) for i in range(0, len(rows), 8)]
         hyps = self.generate(model, params, [e.source for e in examples])
         return {**generation_metrics(hyps, [e.references for e in examples]), "eval_loss": sum(losses) / len(losses)}
+
+    def predict(self, model: AdaptedModel, params: Params, test: list[GenExample]) -> list[dict[str, Any]]:
+        """Each source with the generated text and its references."""
+        hyps = self.generate(model, params, [e.source for e in test])
+        return [
+            {"input": e.source, "prediction": h, "references": list(e.references)}
+            for e, h in zip(test, hyps, strict=True)
+        ]

@@ -94,9 +94,11 @@ class QuestionAnswering(Task):
         """Windowed features and the questions they come from (answers are scored per question)."""
         return self.features(examples), examples
 
-    def score(
+    def _answers(
         self, model: AdaptedModel, params: Params, test: tuple[list[dict[str, Any]], Sequence[QAExample]]
-    ) -> dict[str, float]:
+    ) -> list[str]:
+        """The predicted answer text per question ("" for no answer under SQuAD v2): the best-scoring valid span
+        over the question's windows (``n_best`` starts × ends, at most ``max_answer_length`` tokens)."""
         feats, examples = test
         s = self.settings
         best: dict[int, tuple[float, str]] = {}
@@ -117,12 +119,33 @@ class QuestionAnswering(Task):
                         score = float(st[i] + en[j])
                         if score > best.get(f["example"], (-np.inf, ""))[0]:
                             best[f["example"]] = (score, ex.context[offs[i][0] : offs[j][1]])
-        predictions, references = {}, {}
-        for k, ex in enumerate(examples):
+        answers = []
+        for k in range(len(examples)):
             score, text = best.get(k, (-np.inf, ""))
-            if s.version_2_with_negative and null.get(k, np.inf) > score:
-                text = ""
-            predictions[ex.qid] = text
-            references[ex.qid] = [] if ex.is_impossible else list(ex.answers)
-        m = squad_em_f1(predictions, references)
+            answers.append("" if s.version_2_with_negative and null.get(k, np.inf) > score else text)
+        return answers
+
+    @staticmethod
+    def _references(ex: QAExample) -> list[str]:
+        return [] if ex.is_impossible else list(ex.answers)
+
+    def score(
+        self, model: AdaptedModel, params: Params, test: tuple[list[dict[str, Any]], Sequence[QAExample]]
+    ) -> dict[str, float]:
+        examples = test[1]
+        answers = self._answers(model, params, test)
+        m = squad_em_f1(
+            {ex.qid: a for ex, a in zip(examples, answers, strict=True)},
+            {ex.qid: self._references(ex) for ex in examples},
+        )
         return {"exact_match": m["exact_match"], "f1": m["f1"]}
+
+    def predict(
+        self, model: AdaptedModel, params: Params, test: tuple[list[dict[str, Any]], Sequence[QAExample]]
+    ) -> list[dict[str, Any]]:
+        """Each question (id, title) with the predicted answer and the reference answers."""
+        examples = test[1]
+        return [
+            {"id": ex.qid, "title": ex.title, "input": ex.question, "prediction": a, "references": self._references(ex)}
+            for ex, a in zip(examples, self._answers(model, params, test), strict=True)
+        ]
