@@ -626,9 +626,10 @@ def plot_comparison(out: Path, names: Sequence[str], metric: str, runs: Sequence
                 ax.fill_between(
                     rounds, values.mean(0) - spread, values.mean(0) + spread, color=line.get_color(), alpha=0.2
                 )
-        where = "own test split" if key == metric else "shared held-out set"
-        seeds = f", mean ± std over {len(runs)} seeds" if len(runs) > 1 else ""
-        ax.set(title=f"{key}: mean over clients, {where}{seeds}", xlabel="round")
+        where = "each client's own test split" if key == metric else "the shared held-out set"
+        seeds = f"; mean ± std over {len(runs)} seeds" if len(runs) > 1 else ""
+        ax.set_title(f"{key}\nmean over clients, on {where}{seeds}", fontsize=10)
+        ax.set_xlabel("round")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
