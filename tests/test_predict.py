@@ -19,6 +19,10 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def sets(*items: str) -> list[str]:
+    return [x for item in items for x in ("--set", item)]
+
+
 def final_eval(run_dir: Path) -> dict[str, dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -27,15 +31,15 @@ def final_eval(run_dir: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize(
-    "algorithm, sets",
+    "algorithm, overrides",
     [("pf2lora", []), ("feddpa", ["algorithms.feddpa.dynamic_weighting=true", "algorithms.feddpa.instances=3"])],
     ids=["pf2lora", "feddpa-dynamic"],
 )
 def test_predictions_reproduce_the_evaluated_accuracy(
-    tiny_config: Path, tmp_path: Path, algorithm: str, sets: list[str]
+    tiny_config: Path, tmp_path: Path, algorithm: str, overrides: list[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    extra = [x for s in ["federation.rounds=2", f"algorithm={algorithm}", *sets] for x in ("--set", s)]
+    extra = sets("federation.rounds=2", f"algorithm={algorithm}", *overrides)
     code, output = invoke("run", str(tiny_config), "--out", str(run_dir), *extra)
     assert code == 0, output
     scored = final_eval(run_dir)
@@ -67,6 +71,13 @@ def test_predict_input_errors(tiny_config: Path, tmp_path: Path) -> None:
         out = ["--out", str(tmp_path / "p.jsonl")] if "--out" not in args else []
         code, output = invoke("predict", str(run_dir), *out, *args)
         assert code == 2 and output.startswith("error:") and needle in output, output
+    bare = tmp_path / "bare"
+    assert (
+        invoke("run", str(tiny_config), "--out", str(bare), *sets("federation.rounds=1", "data.global_split=null"))[0]
+        == 0
+    )
+    code, output = invoke("predict", str(bare), "--out", str(tmp_path / "p.jsonl"), "--split", "global")
+    assert code == 2 and output.startswith("error:") and "no shared held-out set" in output, output
     code, output = invoke("predict", str(tmp_path), "--out", str(tmp_path / "p.jsonl"))
     assert code != 0 and "not a pf2lora run directory" in output
     assert not (tmp_path / "p.jsonl").exists()

@@ -524,11 +524,22 @@ def _seeds(text: str | None) -> list[int]:
     return seeds
 
 
+RunDirArgument = Annotated[
+    Path, typer.Argument(help="A run's output directory (of `run`, or one algorithm's of `compare`).")
+]
+
+
+def _before_restoring(run_dir: Path) -> None:
+    """Refuse a folder that is no run (before any model loads); set threads and quiet transformers."""
+    if not (run_dir / "config.resolved.yaml").is_file():
+        _fail(f"{run_dir}: not a pf2lora run directory (no config.resolved.yaml)")
+    _threads()
+    _quiet_transformers()
+
+
 @app.command()
 def export(
-    run_dir: Annotated[
-        Path, typer.Argument(help="A run's output directory (of `run`, or one algorithm's of `compare`).")
-    ],
+    run_dir: RunDirArgument,
     out: Annotated[Path, typer.Option(help="Output directory: one PEFT adapter folder per client.")],
     client: Annotated[list[str] | None, typer.Option(help="Client id to export (repeatable; default: all).")] = None,
     debug: DebugOption = False,
@@ -537,19 +548,14 @@ def export(
     with _errors(debug):
         from pf2lora.experiment import export_run
 
-        if not (run_dir / "config.resolved.yaml").is_file():
-            _fail(f"{run_dir}: not a pf2lora run directory (no config.resolved.yaml)")
-        _threads()
-        _quiet_transformers()
+        _before_restoring(run_dir)
         paths = export_run(run_dir, out, client)
         console.print(f"wrote {len(paths)} PEFT adapter(s) under {out}")
 
 
 @app.command()
 def predict(
-    run_dir: Annotated[
-        Path, typer.Argument(help="A run's output directory (of `run`, or one algorithm's of `compare`).")
-    ],
+    run_dir: RunDirArgument,
     out: Annotated[Path, typer.Option(help="Output file (JSON lines): one record per client and test example.")],
     client: Annotated[list[str] | None, typer.Option(help="Client id (repeatable; default: all).")] = None,
     split: Annotated[
@@ -562,12 +568,9 @@ def predict(
     with _errors(debug):
         from pf2lora.experiment import predict_run
 
-        if not (run_dir / "config.resolved.yaml").is_file():
-            _fail(f"{run_dir}: not a pf2lora run directory (no config.resolved.yaml)")
         if out.is_dir():
             _fail(f"--out {out}: is a folder; name a file")
-        _threads()
-        _quiet_transformers()
+        _before_restoring(run_dir)
         n = predict_run(run_dir, out, client, split)
         console.print(f"wrote {n} predictions to {out}")
 

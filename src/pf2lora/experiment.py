@@ -395,13 +395,14 @@ def predict_run(run_dir: Path, out: Path, clients: Sequence[str] | None = None, 
     """Write ``out`` (JSON lines): for each client of the run in ``run_dir``, each example of its own test split
     (``split="own"``) or of the shared held-out set (``"global"``) with the personalized model's output, exactly
     as the run's evaluation scored it at its last checkpoint; class labels by name. Returns the record count."""
+    from pf2lora.config import load_config
     from pf2lora.data import LABEL_NAMES
 
     if split not in PREDICT_SPLITS:
         raise InputError(f"--split {split}: choose one of {', '.join(PREDICT_SPLITS)}")
-    prepared, sim, wanted = restore_run(run_dir, clients)
-    if split == "global" and any(c.global_test is None for c in wanted):
+    if split == "global" and global_split(load_config(run_dir / "config.resolved.yaml")) is None:  # before loading
         raise InputError("--split global: the run has no shared held-out set (data.global_split is null)")
+    prepared, sim, wanted = restore_run(run_dir, clients)
     task, names = prepared.task, LABEL_NAMES.get(prepared.cfg.data.dataset)
 
     def predictions(model: AdaptedModel, params: Params, client: ClientData) -> list[dict[str, Any]]:
