@@ -110,6 +110,13 @@ def test_resume_after_checkpoint_gap_and_output_rules(tiny_config: Path, tmp_pat
     resumed = run_here("run", str(tiny_config), "--out", str(out), *sets, "--resume")
     assert resumed[0] == 0, resumed[1]
     assert rows(out) == rows(ref) and summary(out) == summary(ref)
+    # Resumed with another thread count (their float sums differ), the run says it ran with both.
+    checkpoint.save(out, {**checkpoint.load(tmp_path / "four"), "torch_threads": [99]})
+    (out / "summary.json").unlink()
+    assert run_here("run", str(tiny_config), "--out", str(out), *sets, "--resume")[0] == 0
+    env = json.loads((out / "summary.json").read_text())["environment"]
+    assert env["torch_threads"] == [torch.get_num_threads(), 99] and env["torch"] == torch.__version__
+    assert json.loads((ref / "summary.json").read_text())["environment"]["torch_threads"] == [torch.get_num_threads()]
 
     code, output = run_here("run", str(tiny_config), "--out", str(out), *sets)
     assert code == 2 and output.count("\n") == 1 and "--resume" in output

@@ -9,6 +9,7 @@ resumed from it, to the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import platform
 import random
 import statistics
 import time
@@ -286,10 +287,11 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.resolved.yaml", dump_config(cfg))
     state = checkpoint.load(out)
-    elapsed = 0.0
+    elapsed, threads = 0.0, [torch.get_num_threads()]
     if state is not None:
         checkpoint.restore(out, runtime, state)
         elapsed = float(state.get("elapsed_seconds", 0.0))
+        threads = sorted({*state.get("torch_threads", []), *threads})
     metrics_path = out / "metrics.jsonl"
     write_jsonl(metrics_path, _rows(name, runtime.history.train, runtime.history.eval))
     log = JsonlLog(metrics_path)
@@ -300,7 +302,8 @@ def execute(
         log.append(_rows(name, history.train[written[0] :], history.eval[written[1] :]))
         written[:] = len(history.train), len(history.eval)
         if rnd % cfg.federation.checkpoint_every == 0 or rnd == cfg.federation.rounds:
-            checkpoint.save(out, {**runtime.state_dict(), "elapsed_seconds": elapsed + time.perf_counter() - t0})
+            seconds = elapsed + time.perf_counter() - t0
+            checkpoint.save(out, {**runtime.state_dict(), "elapsed_seconds": seconds, "torch_threads": threads})
         if on_round is not None:
             on_round(rnd, history)
 
@@ -309,7 +312,7 @@ def execute(
     finally:
         log.close()
     seconds = elapsed + time.perf_counter() - t0
-    summary = summarize(name, runtime, history, metric, seconds)
+    summary = {**summarize(name, runtime, history, metric, seconds), "environment": environment(threads)}
     plot_run(history, metric, out / "curves.png", display_name(name))
     plot_ranks(history, out / "ranks.png", display_name(name))
     write_json(out / "summary.json", summary)  # last: its presence marks a finished run
@@ -441,6 +444,23 @@ def _restore_flower_run(run_dir: Path, sim: Simulation, state: dict[str, Any]) -
             saved = torch.load(done[-1], map_location="cpu", weights_only=True)
             sim.states[cid] = ClientState.from_state_dict(saved["state"])
             sim.streams[cid].load_state_dict(saved["stream"])
+
+
+def environment(threads: Sequence[int]) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: library versions and the torch intra-op thread counts
+    it ran with (all of them, when resumed with another): float sums, and so chaotic runs, differ between them.
+    On Flower these are the server's; each node trains with its own."""
+    import transformers
+
+    from pf2lora import __version__
+
+    return {
+        "pf2lora": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": list(threads),
+    }
 
 
 def summarize(name: str, sim: Federation, history: History, metric: str, seconds: float) -> dict[str, Any]:
