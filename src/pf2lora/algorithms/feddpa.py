@@ -26,7 +26,11 @@ hidden state at its last token (``embedding: last``, their default; ``mean``: av
 the local adapter alone; s = mean cosine similarity to ``instances`` (5) training instances of the client; the
 global adapter is weighted by ``max_weight``·s (``max_weight`` 0.5, their "half") and the local one by
 1 − ``max_weight``·s, as their ``set_local(['local'], [weight, 1 - weight])`` does with the global adapter
-active. Choices of ours: the reference instances are drawn once per evaluation from the client's shuffled
+active (``peft/tuners/lora/layer.py`` scales the active adapter by the first weight). That direction (more
+like the client's data → more global) reads against the paper's motivation; we could not check it against
+the paper's equation and keep the code's. Note that in their script's default ``--batched`` mode every
+answer is generated before the loop that sets the weights, so only ``--batched False`` applies them. Choices
+of ours: the reference instances are drawn once per evaluation from the client's shuffled
 training batches (the authors draw 5 at random for every test instance: same expectation, one forward);
 for generation they are whole training rows (prompt and target), the test instance its prompt. The
 personalized state that ranks and exports see stays the fixed mix with weight a (a static adapter cannot
