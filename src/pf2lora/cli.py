@@ -52,14 +52,20 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota if one is set."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), the first of them only as many as a cgroup v2 CPU
+    quota allows if one is set."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     with contextlib.suppress(OSError, ValueError):
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    return max(1, n)
+            cpus = cpus[: max(1, math.ceil(int(quota) / int(period)))]
+    return cpus or [0]
+
+
+def available_cpus() -> int:
+    """How many CPUs this process may use (:func:`usable_cpus`)."""
+    return len(usable_cpus())
 
 
 def _threads() -> None:
@@ -235,7 +241,6 @@ def _round_line(name: str, rnd: int, rounds: int, history: Any, metric: str, sec
 
 def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[dict[str, Any]]:
     """Run (or resume, or skip when finished) each algorithm, with a progress bar or per-round log lines."""
-    import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -249,10 +254,9 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
     live = console.is_terminal
     with Progress(*columns, console=console, transient=False, disable=not live) as progress:
         for name in names:
-            run_dir = out / name if len(names) > 1 else out
-            if resume and (run_dir / "summary.json").is_file():
-                console.print(f"{name}: finished earlier, skipped (--resume)")
-                summaries.append(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+            run_dir = _run_dir(out, names, name)
+            if (done := _finished(run_dir, resume, name)) is not None:
+                summaries.append(done)
                 continue
             per_round = (
                 1
@@ -281,6 +285,68 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
 
             summaries.append(run_algorithm(prepared, name, run_dir, tick, log_round))
     return summaries
+
+
+def _run_dir(out: Path, names: list[str], name: str) -> Path:
+    """Where algorithm ``name`` of a comparison of ``names`` writes (``out`` itself when it runs alone)."""
+    return out / name if len(names) > 1 else out
+
+
+def _finished(run_dir: Path, resume: bool, label: str) -> dict[str, Any] | None:
+    """The summary of a run that finished earlier, which ``--resume`` skips (saying so); else None."""
+    import json
+
+    summary = run_dir / "summary.json"
+    if not (resume and summary.is_file()):
+        return None
+    console.print(f"{label}: finished earlier, skipped (--resume)")
+    return json.loads(summary.read_text(encoding="utf-8"))
+
+
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        help="Runs side by side (in-process runtime): worker processes, each pinned to its share of the CPUs "
+        "and using as many threads; each run gives the numbers it gives alone on that many CPUs."
+    ),
+]
+
+
+def _check_jobs(jobs: int, runtime: str = "inprocess") -> list[int]:
+    """The CPUs ``--jobs`` splits (a one-line error for a count they cannot take or a Flower runtime)."""
+    from pf2lora.parallel import cpu_shares
+
+    if jobs != 1 and runtime != "inprocess":
+        _fail("--jobs: only with --runtime inprocess (Flower runs each client on its own node)")
+    cpus = usable_cpus()
+    cpu_shares(cpus, jobs)
+    return cpus
+
+
+def _parallel(jobs: list[Any], workers: int, cpus: list[int]) -> list[dict[str, Any]]:
+    """Run ``jobs`` (:class:`pf2lora.parallel.Job`) on ``workers`` pinned processes, one line per finished run."""
+    from pf2lora.parallel import cpu_shares, run_jobs
+
+    if not jobs:
+        return []
+    shares = " | ".join(",".join(map(str, share)) for share in cpu_shares(cpus, workers))
+    console.print(
+        f"{len(jobs)} runs, {min(workers, len(jobs))} at a time, each on one CPU share of {shares} "
+        "(threads: its CPUs); each run's progress is in its metrics.jsonl",
+        highlight=False,
+    )
+    done = [0]
+
+    def report(job: Any, summary: dict[str, Any]) -> None:
+        done[0] += 1
+        value = summary["final"]["mean"].get(summary["metric"])
+        console.print(
+            f"[{done[0]}/{len(jobs)}] {job.label}: {summary['metric']} "
+            f"{value if value is None else format(value, '.2f')} in {summary['wall_seconds']:.0f}s",
+            highlight=False,
+        )
+
+    return run_jobs(jobs, workers, cpus, report)
 
 
 def _flower(runtime: str, supernodes: int | None) -> Any:
@@ -402,29 +468,48 @@ def compare(
             "OUT/table.md gives mean ± std over seeds, OUT/summary.json every seed's numbers."
         ),
     ] = None,
+    jobs: JobsOption = 1,
     debug: DebugOption = False,
 ) -> None:
     """Run several algorithms on identical client partitions; write table.md and compare.png (both metrics)."""
     with _errors(debug):
         from pf2lora.experiment import comparison_table, plot_comparison
         from pf2lora.io import write_json, write_text
+        from pf2lora.parallel import Job
 
         overrides = list(set_ or []) + ([f"federation.device={device}"] if device else [])
         if algorithms is not None:
             overrides.append("compare=[" + ",".join(a.strip() for a in algorithms.split(",")) + "]")
         seed_list = _seeds(seeds)
+        cpus = _check_jobs(jobs, runtime)
         local = runtime == "inprocess"
         runner = _run_all if local else _flower(runtime, supernodes)
         per_seed: dict[int, list[dict[str, Any]]] = {}
+        found: dict[tuple[int, str], dict[str, Any]] = {}  # --jobs: (seed, algorithm) -> summary
+        todo, folders = [], []
         for seed in seed_list or [None]:
             where = out if seed is None else out / f"seed_{seed}"
             extra = [] if seed is None else [f"seed={seed}"]
-            with _session(config, overrides + extra, where, resume, overwrite, tokenize=local) as prepared:
+            tokenize = local and jobs == 1  # --jobs: each worker tokenizes for its runs; here the checks only
+            with _session(config, overrides + extra, where, resume, overwrite, tokenize=tokenize) as prepared:
                 cfg = prepared.cfg
                 names = list(dict.fromkeys(cfg.compare))
-                summaries = runner(prepared, names, where, resume)
+                if jobs == 1:
+                    per_seed[cfg.seed] = runner(prepared, names, where, resume)
+            folders.append((cfg.seed, where, names))
+            for name in names if jobs > 1 else []:
+                run_dir, label = _run_dir(where, names, name), name if seed is None else f"seed {seed} {name}"
+                if (done := _finished(run_dir, resume, label)) is not None:
+                    found[cfg.seed, name] = done
+                else:
+                    todo.append(Job(cfg, name, run_dir, label))
+        for job, summary in zip(todo, _parallel(todo, jobs, cpus), strict=True):
+            found[job.cfg.seed, job.algorithm] = summary
+        for seed, where, names in folders:
+            if seed not in per_seed:
+                per_seed[seed] = [found[seed, name] for name in names]
+            summaries = per_seed[seed]
             plot_comparison(where, names, summaries[0]["metric"])
-            per_seed[cfg.seed] = summaries
         table = comparison_table(cfg, per_seed)
         write_text(out / "table.md", table)
         if seed_list:
@@ -451,13 +536,13 @@ def sweep(
     device: DeviceOption = None,
     resume: Annotated[bool, typer.Option(help="Continue: skip finished points, resume the interrupted one.")] = False,
     overwrite: OverwriteOption = False,
+    jobs: JobsOption = 1,
     debug: DebugOption = False,
 ) -> None:
     """Run one algorithm over a grid of config values; write sweep.md and one plot per metric."""
     with _errors(debug):
-        import json
-
         from pf2lora.io import write_json, write_text
+        from pf2lora.parallel import Job
         from pf2lora.sweep import parse_grid, plot_sweep, sweep_metrics, sweep_table
 
         try:
@@ -478,18 +563,28 @@ def sweep(
             _fail("--resume and --overwrite exclude each other")
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (resume or overwrite))):
             _fail(f"--out {out}: holds an earlier sweep or other files; pass --resume to continue it or --overwrite")
-        results: dict[tuple[str, ...], list[dict[str, Any]]] = {point: [] for point in spec.points()}
-        for i, (point, seed, where) in enumerate(runs, 1):
-            console.print(
-                f"point {i}/{len(runs)}: {' '.join(spec.overrides(point))}" + ("" if seed is None else f", seed {seed}")
+        cpus = _check_jobs(jobs)
+        found: dict[int, dict[str, Any]] = {}  # run index -> summary
+        todo: list[tuple[int, Any]] = []  # --jobs: (run index, Job)
+        for i, (point, seed, where) in enumerate(runs):
+            label = f"point {i + 1}/{len(runs)}: {' '.join(spec.overrides(point))}" + (
+                "" if seed is None else f", seed {seed}"
             )
-            if resume and (where / "summary.json").is_file():
-                console.print("finished earlier, skipped (--resume)")
-                results[point].append(json.loads((where / "summary.json").read_text(encoding="utf-8")))
+            if (done := _finished(where, resume, label)) is not None:
+                found[i] = done
                 continue
+            if jobs == 1:
+                console.print(label)
             extra = spec.overrides(point) + ([] if seed is None else [f"seed={seed}"])
-            with _session(config, overrides + extra, where, resume, overwrite) as prepared:
-                results[point].append(_run_all(prepared, [prepared.cfg.algorithm], where, resume)[0])
+            with _session(config, overrides + extra, where, resume, overwrite, tokenize=jobs == 1) as prepared:
+                if jobs == 1:
+                    found[i] = _run_all(prepared, [prepared.cfg.algorithm], where, resume)[0]
+                else:
+                    todo.append((i, Job(prepared.cfg, prepared.cfg.algorithm, where, label)))
+        found.update(zip([i for i, _ in todo], _parallel([job for _, job in todo], jobs, cpus), strict=True))
+        results: dict[tuple[str, ...], list[dict[str, Any]]] = {point: [] for point in spec.points()}
+        for i, (point, _, _) in enumerate(runs):
+            results[point].append(found[i])
         title = f"{cfg.name}: {cfg.algorithm} sweep"
         table = sweep_table(spec, results, title, seed_list or [cfg.seed])
         write_text(out / "sweep.md", table)

@@ -1,0 +1,109 @@
+"""`--jobs`: runs side by side in pinned worker processes give the numbers each gives alone on its CPU share."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+from typer.testing import CliRunner
+
+from pf2lora.cli import app, usable_cpus
+from pf2lora.errors import InputError
+from pf2lora.parallel import cpu_shares
+
+TIMING = {"client_seconds", "seconds", "wall_seconds"}
+SHORT = ["--set", "federation.rounds=1", "--set", "federation.eval_every=1"]
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(usable_cpus()) < 2 or not (DATA / "glue" / "SST-2").is_dir(),
+    reason="needs two CPUs, CPU affinity and ../shared/data",
+)
+
+
+def on_cpus(cpus: list[int], *args: object) -> subprocess.CompletedProcess:
+    """The CLI in a process limited to ``cpus`` (as ``taskset`` would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pf2lora.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
+
+
+def results(run_dir: Path) -> tuple[list[dict], dict]:
+    """A run's metrics rows and summary without its timings."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+    summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in TIMING}
+    return rows, summary
+
+
+def test_cpu_shares_are_disjoint_and_near_equal() -> None:
+    assert cpu_shares([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert cpu_shares([4, 6, 9], 3) == [[4], [6], [9]]
+    assert cpu_shares([0, 1], 1) == [[0, 1]]
+    with pytest.raises(InputError, match="--jobs 3: must be between 1 and the 2 CPUs"):
+        cpu_shares([0, 1], 3)
+    with pytest.raises(InputError, match="--jobs 0"):
+        cpu_shares([0], 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--jobs", "999"], "--jobs 999: must be between 1 and the"), (["--jobs", "2", "--runtime", "flower"], "--jobs")],
+)
+def test_jobs_errors_are_one_line_before_anything_runs(tiny_config: Path, tmp_path: Path, extra, message) -> None:
+    out = tmp_path / "bad"
+    result = CliRunner().invoke(app, ["compare", str(tiny_config), "--out", str(out), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@needs_two_cpus
+def test_compare_with_two_jobs_equals_one_run_after_another_on_one_cpu(tiny_config: Path, tmp_path: Path) -> None:
+    cpus = usable_cpus()[:2]
+    args = ["compare", tiny_config, "--seeds", "0,1", *SHORT]
+    ref = on_cpus(cpus[:1], *args, "--out", tmp_path / "seq")
+    assert ref.returncode == 0, ref.stderr + ref.stdout
+    par = on_cpus(cpus, *args, "--out", tmp_path / "par", "--jobs", "2")
+    assert par.returncode == 0, par.stderr + par.stdout
+    assert f"4 runs, 2 at a time, each on one CPU share of {cpus[0]} | {cpus[1]}" in par.stdout
+    assert par.stdout.count("] seed ") == 4  # one line per finished run
+    for seed in (0, 1):
+        for name in ("pf2lora", "hetlora"):
+            rows, summary = results(tmp_path / "par" / f"seed_{seed}" / name)
+            assert (rows, summary) == results(tmp_path / "seq" / f"seed_{seed}" / name), (seed, name)
+            assert summary["environment"]["torch_threads"] == [1]  # each worker: its one CPU
+    assert (tmp_path / "par" / "table.md").read_text() == (tmp_path / "seq" / "table.md").read_text()
+    for seed in (0, 1):
+        assert (tmp_path / "par" / f"seed_{seed}" / "compare.png").stat().st_size > 0
+
+    (tmp_path / "par" / "seed_1" / "hetlora" / "summary.json").unlink()  # as if stopped before its end
+    again = on_cpus(cpus, *args, "--out", tmp_path / "par", "--jobs", "2", "--resume")
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert again.stdout.count("finished earlier, skipped (--resume)") == 3 and "1 runs, 1 at a time" in again.stdout
+    assert results(tmp_path / "par" / "seed_1" / "hetlora") == results(tmp_path / "seq" / "seed_1" / "hetlora")
+
+
+@needs_two_cpus
+def test_sweep_with_two_jobs_equals_the_sweep_on_one_cpu(tiny_config: Path, tmp_path: Path) -> None:
+    cpus = usable_cpus()[:2]
+    args = ["sweep", tiny_config, "--grid", "algorithms.pf2lora.lr_private=0.05,0.5", *SHORT]
+    ref = on_cpus(cpus[:1], *args, "--out", tmp_path / "seq")
+    assert ref.returncode == 0, ref.stderr + ref.stdout
+    par = on_cpus(cpus, *args, "--out", tmp_path / "par", "--jobs", "2")
+    assert par.returncode == 0, par.stderr + par.stdout
+    assert "2 runs, 2 at a time" in par.stdout
+    for point in ("algorithms.pf2lora.lr_private=0.05", "algorithms.pf2lora.lr_private=0.5"):
+        assert results(tmp_path / "par" / point) == results(tmp_path / "seq" / point), point
+    finals = [
+        [p["summaries"][0]["final"] for p in json.loads((tmp_path / d / "sweep.json").read_text())["points"]]
+        for d in ("seq", "par")
+    ]
+    assert finals[0] == finals[1] and finals[0][0] != finals[0][1]
