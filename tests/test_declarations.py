@@ -172,3 +172,10 @@ def test_compare_over_seeds_reports_mean_and_std(tiny_config: Path, tmp_path: Pa
     assert imread(out / "compare.png").shape[1] == 1200
     bad = CliRunner().invoke(app, [*args, "--seeds", "1,x"])
     assert bad.exit_code == 2 and "--seeds: '1,x' is not a comma-separated list of integers" in bad.output
+    one = ["compare", str(tiny_config), "--out", str(tmp_path / "alone"), "--set", "federation.rounds=1"]
+    alone = CliRunner().invoke(app, [*one, "--algorithms", "ffa", "--seeds", "3"])
+    assert alone.exit_code == 0, alone.output  # one algorithm: its run is the seed folder itself
+    assert (tmp_path / "alone" / "seed_3" / "summary.json").is_file()
+    assert (tmp_path / "alone" / "compare.png").is_file() and "| FFA-LoRA |" in (
+        tmp_path / "alone" / "table.md"
+    ).read_text()

@@ -245,7 +245,7 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pf2lora.algorithms import ALGORITHMS
-    from pf2lora.experiment import run_algorithm
+    from pf2lora.experiment import algorithm_dir, run_algorithm
 
     cfg = prepared.cfg
     rounds = cfg.federation.rounds
@@ -254,7 +254,7 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
     live = console.is_terminal
     with Progress(*columns, console=console, transient=False, disable=not live) as progress:
         for name in names:
-            run_dir = _run_dir(out, names, name)
+            run_dir = algorithm_dir(out, names, name)
             if (done := _finished(run_dir, resume, name)) is not None:
                 summaries.append(done)
                 continue
@@ -285,11 +285,6 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
 
             summaries.append(run_algorithm(prepared, name, run_dir, tick, log_round))
     return summaries
-
-
-def _run_dir(out: Path, names: list[str], name: str) -> Path:
-    """Where algorithm ``name`` of a comparison of ``names`` writes (``out`` itself when it runs alone)."""
-    return out / name if len(names) > 1 else out
 
 
 def _finished(run_dir: Path, resume: bool, label: str) -> dict[str, Any] | None:
@@ -473,7 +468,7 @@ def compare(
 ) -> None:
     """Run several algorithms on identical client partitions; write table.md and compare.png (both metrics)."""
     with _errors(debug):
-        from pf2lora.experiment import comparison_table, plot_comparison
+        from pf2lora.experiment import algorithm_dir, comparison_table, plot_comparison
         from pf2lora.io import write_json, write_text
         from pf2lora.parallel import Job
 
@@ -498,7 +493,7 @@ def compare(
                     per_seed[cfg.seed] = runner(prepared, names, where, resume)
             folders.append((cfg.seed, where, names))
             for name in names if jobs > 1 else []:
-                run_dir, label = _run_dir(where, names, name), name if seed is None else f"seed {seed} {name}"
+                run_dir, label = algorithm_dir(where, names, name), name if seed is None else f"seed {seed} {name}"
                 if (done := _finished(run_dir, resume, label)) is not None:
                     found[cfg.seed, name] = done
                 else:

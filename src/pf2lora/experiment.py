@@ -613,6 +613,11 @@ def comparison_table(cfg: ExperimentConfig, per_seed: Mapping[int, Sequence[dict
     return "\n".join(lines) + "\n"
 
 
+def algorithm_dir(out: Path, names: Sequence[str], name: str) -> Path:
+    """Where algorithm ``name`` of a comparison of ``names`` writes: ``out/<name>``, or ``out`` if it runs alone."""
+    return out / name if len(names) > 1 else out
+
+
 def plot_comparison(out: Path, names: Sequence[str], metric: str, runs: Sequence[Path] | None = None) -> None:
     """``out/compare.png``: the mean client test metric per round, one line per algorithm, beside the same on the
     shared held-out set (``global_<metric>``, where evaluated); over several ``runs`` (one folder per seed) the
@@ -625,13 +630,12 @@ def plot_comparison(out: Path, names: Sequence[str], metric: str, runs: Sequence
     import matplotlib.pyplot as plt
 
     runs = list(runs or [out])
-    evals = {
-        name: [
-            [r for r in map(json.loads, (run / name / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
-            for run in runs
-        ]
-        for name in names
-    }
+
+    def evals_of(run: Path, name: str) -> list[dict[str, Any]]:
+        rows = map(json.loads, (algorithm_dir(run, names, name) / "metrics.jsonl").read_text().splitlines())
+        return [r for r in rows if r["kind"] == "eval"]
+
+    evals = {name: [evals_of(run, name) for run in runs] for name in names}
     keys = [k for k in (metric, f"global_{metric}") if any(k in r for per in evals.values() for r in per[0])]
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):

@@ -95,6 +95,7 @@ def run_flower(
 ) -> list[dict[str, Any]]:
     """Run each algorithm in ``names`` on Flower into ``out`` (or ``out/<name>`` for several); their summaries."""
     from pf2lora.cli import available_cpus
+    from pf2lora.experiment import algorithm_dir
 
     cfg = prepared.cfg
     clients = cfg.partition.num_clients
@@ -108,7 +109,7 @@ def run_flower(
     summaries: list[dict[str, Any]] = []
     pending = []
     for name in names:
-        run_dir = out / name if len(names) > 1 else out
+        run_dir = algorithm_dir(out, names, name)
         if resume and (run_dir / "summary.json").is_file():
             say(f"{name}: finished earlier, skipped (--resume)")
             summaries.append(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
