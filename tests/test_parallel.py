@@ -35,6 +35,16 @@ def on_cpus(cpus: list[int], *args: object) -> subprocess.CompletedProcess:
     )
 
 
+def one_cpu_then_two_jobs(tmp_path: Path, *args: object) -> tuple[list[int], str]:
+    """The command on one CPU into ``tmp_path/seq``, then with ``--jobs 2`` on two into ``tmp_path/par``: the
+    two CPUs and the second's output."""
+    cpus = usable_cpus()[:2]
+    for where, on, extra in (("seq", cpus[:1], []), ("par", cpus, ["--jobs", "2"])):
+        done = on_cpus(on, *args, "--out", tmp_path / where, *extra)
+        assert done.returncode == 0, done.stderr + done.stdout
+    return cpus, done.stdout
+
+
 def results(run_dir: Path) -> tuple[list[dict], dict]:
     """A run's metrics rows and summary without its timings."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -66,15 +76,11 @@ def test_jobs_errors_are_one_line_before_anything_runs(tiny_config: Path, tmp_pa
 
 
 @needs_two_cpus
-def test_compare_with_two_jobs_equals_one_run_after_another_on_one_cpu(tiny_config: Path, tmp_path: Path) -> None:
-    cpus = usable_cpus()[:2]
+def test_jobs_give_the_numbers_of_each_run_alone_on_one_cpu(tiny_config: Path, tmp_path: Path) -> None:
     args = ["compare", tiny_config, "--seeds", "0,1", *SHORT]
-    ref = on_cpus(cpus[:1], *args, "--out", tmp_path / "seq")
-    assert ref.returncode == 0, ref.stderr + ref.stdout
-    par = on_cpus(cpus, *args, "--out", tmp_path / "par", "--jobs", "2")
-    assert par.returncode == 0, par.stderr + par.stdout
-    assert f"4 runs, 2 at a time, each on one CPU share of {cpus[0]} | {cpus[1]}" in par.stdout
-    assert par.stdout.count("] seed ") == 4  # one line per finished run
+    cpus, output = one_cpu_then_two_jobs(tmp_path, *args)
+    assert f"4 runs, 2 at a time, each on one CPU share of {cpus[0]} | {cpus[1]}" in output
+    assert output.count("] seed ") == 4  # one line per finished run
     for seed in (0, 1):
         for name in ("pf2lora", "hetlora"):
             rows, summary = results(tmp_path / "par" / f"seed_{seed}" / name)
@@ -90,20 +96,11 @@ def test_compare_with_two_jobs_equals_one_run_after_another_on_one_cpu(tiny_conf
     assert again.stdout.count("finished earlier, skipped (--resume)") == 3 and "1 runs, 1 at a time" in again.stdout
     assert results(tmp_path / "par" / "seed_1" / "hetlora") == results(tmp_path / "seq" / "seed_1" / "hetlora")
 
-
-@needs_two_cpus
-def test_sweep_with_two_jobs_equals_the_sweep_on_one_cpu(tiny_config: Path, tmp_path: Path) -> None:
-    cpus = usable_cpus()[:2]
-    args = ["sweep", tiny_config, "--grid", "algorithms.pf2lora.lr_private=0.05,0.5", *SHORT]
-    ref = on_cpus(cpus[:1], *args, "--out", tmp_path / "seq")
-    assert ref.returncode == 0, ref.stderr + ref.stdout
-    par = on_cpus(cpus, *args, "--out", tmp_path / "par", "--jobs", "2")
-    assert par.returncode == 0, par.stderr + par.stdout
-    assert "2 runs, 2 at a time" in par.stdout
-    for point in ("algorithms.pf2lora.lr_private=0.05", "algorithms.pf2lora.lr_private=0.5"):
-        assert results(tmp_path / "par" / point) == results(tmp_path / "seq" / point), point
-    finals = [
-        [p["summaries"][0]["final"] for p in json.loads((tmp_path / d / "sweep.json").read_text())["points"]]
-        for d in ("seq", "par")
-    ]
-    assert finals[0] == finals[1] and finals[0][0] != finals[0][1]
+    # sweep --jobs: a one-point grid at the config's own α over both seeds runs PF2LoRA's runs above again
+    grid = ["--grid", "algorithms.pf2lora.lr_private=0.1", "--seeds", "0,1"]
+    sweep = on_cpus(cpus, "sweep", tiny_config, *grid, *SHORT, "--out", tmp_path / "sweep", "--jobs", "2")
+    assert sweep.returncode == 0, sweep.stderr + sweep.stdout
+    assert "2 runs, 2 at a time" in sweep.stdout
+    for seed in (0, 1):
+        point = tmp_path / "sweep" / "algorithms.pf2lora.lr_private=0.1" / f"seed_{seed}"
+        assert results(point) == results(tmp_path / "seq" / f"seed_{seed}" / "pf2lora"), seed
