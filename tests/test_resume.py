@@ -116,6 +116,7 @@ def test_resume_after_checkpoint_gap_and_output_rules(tiny_config: Path, tmp_pat
     assert run_here("run", str(tiny_config), "--out", str(out), *sets, "--resume")[0] == 0
     env = json.loads((out / "summary.json").read_text())["environment"]
     assert env["torch_threads"] == [torch.get_num_threads(), 99] and env["torch"] == torch.__version__
+    assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert json.loads((ref / "summary.json").read_text())["environment"]["torch_threads"] == [torch.get_num_threads()]
 
     code, output = run_here("run", str(tiny_config), "--out", str(out), *sets)

@@ -9,6 +9,7 @@ resumed from it, to the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import random
 import statistics
@@ -447,9 +448,9 @@ def _restore_flower_run(run_dir: Path, sim: Simulation, state: dict[str, Any]) -
 
 
 def environment(threads: Sequence[int]) -> dict[str, Any]:
-    """What a run's numbers depend on besides its config: library versions and the torch intra-op thread counts
-    it ran with (all of them, when resumed with another): float sums, and so chaotic runs, differ between them.
-    On Flower these are the server's; each node trains with its own."""
+    """What a run's numbers depend on besides its config: library versions, the CPU (its vector instructions
+    pick torch's kernels) and the torch intra-op thread counts it ran with (all of them, when resumed with
+    another): float sums, and so chaotic runs, differ between them. On Flower these are the server's."""
     import transformers
 
     from pf2lora import __version__
@@ -459,8 +460,19 @@ def environment(threads: Sequence[int]) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": list(threads),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere what :mod:`platform` knows)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def summarize(name: str, sim: Federation, history: History, metric: str, seconds: float) -> dict[str, Any]:
