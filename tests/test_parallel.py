@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,17 @@ def one_cpu_then_two_jobs(tmp_path: Path, *args: object) -> tuple[list[int], str
     return cpus, done.stdout
 
 
+def worker_pids(parent: int) -> list[int]:
+    """The ``--jobs`` workers of process ``parent``: its spawned interpreters, not multiprocessing's tracker."""
+    pids = []
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    pids.append(int(child))
+    return pids
+
+
 def results(run_dir: Path) -> tuple[list[dict], dict]:
     """A run's metrics rows and summary without its timings."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -61,6 +75,17 @@ def test_cpu_shares_are_disjoint_and_near_equal() -> None:
         cpu_shares([0, 1], 3)
     with pytest.raises(InputError, match="--jobs 0"):
         cpu_shares([0], 0)
+
+
+@needs_two_cpus
+def test_an_input_error_in_a_worker_is_one_line_and_leaves_nothing(tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bad"  # a LoRA target the model lacks is found when a worker builds the model
+    bad = ["--set", "lora.target_modules=[nosuch]", "--seeds", "0,1", "--jobs", "2"]
+    done = on_cpus(usable_cpus()[:2], "compare", tiny_config, "--out", out, *bad)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("error: ") and "nosuch" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not out.exists() or not any(out.iterdir())  # a corrected rerun into --out needs no --overwrite
 
 
 @pytest.mark.parametrize(
@@ -90,11 +115,34 @@ def test_jobs_give_the_numbers_of_each_run_alone_on_one_cpu(tiny_config: Path, t
     for seed in (0, 1):
         assert (tmp_path / "par" / f"seed_{seed}" / "compare.png").stat().st_size > 0
 
-    (tmp_path / "par" / "seed_1" / "hetlora" / "summary.json").unlink()  # as if stopped before its end
-    again = on_cpus(cpus, *args, "--out", tmp_path / "par", "--jobs", "2", "--resume")
+    # A worker killed mid-run (as the out-of-memory killer would): one line, the other worker stopped; --resume
+    # finishes with the same numbers.
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "pf2lora.cli", *map(str, args), "--out", str(killed), "--jobs", "2"]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(killed.glob("seed_*/*/metrics.jsonl")) or len(workers := worker_pids(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no worker started a run"
+            time.sleep(0.05)
+        os.kill(workers[0], signal.SIGKILL)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "worker process died (exit code -9)" in output, output
+    assert len(output.strip().splitlines()) <= 3 and "Traceback" not in output  # the plan, finished runs, the error
+    assert not Path(f"/proc/{workers[1]}").exists()  # the other worker was stopped and reaped
+    again = on_cpus(cpus, *args, "--out", killed, "--jobs", "2", "--resume")
     assert again.returncode == 0, again.stderr + again.stdout
-    assert again.stdout.count("finished earlier, skipped (--resume)") == 3 and "1 runs, 1 at a time" in again.stdout
-    assert results(tmp_path / "par" / "seed_1" / "hetlora") == results(tmp_path / "seq" / "seed_1" / "hetlora")
+    for seed in (0, 1):
+        for name in ("pf2lora", "hetlora"):
+            assert results(killed / f"seed_{seed}" / name) == results(tmp_path / "seq" / f"seed_{seed}" / name)
 
     # sweep --jobs: a one-point grid at the config's own α over both seeds runs PF2LoRA's runs above again
     grid = ["--grid", "algorithms.pf2lora.lr_private=0.1", "--seeds", "0,1"]

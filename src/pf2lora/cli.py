@@ -80,14 +80,14 @@ def _errors(debug: bool) -> Iterator[None]:
     if debug:
         yield
         return
-    from pf2lora.errors import DivergenceError, FederationError, InputError
+    from pf2lora.errors import DivergenceError, FederationError, InputError, WorkerDied
     from pf2lora.federation import PrivacyError
 
     try:
         yield
     except InputError as e:
         _fail(_one_line(e))
-    except (DivergenceError, PrivacyError, FederationError) as e:
+    except (DivergenceError, PrivacyError, FederationError, WorkerDied) as e:
         _fail(f"{_one_line(e)} (the last checkpoint is kept)", 1)
     except KeyboardInterrupt:
         _fail("interrupted; the last checkpoint is kept: rerun with --resume to continue", 130)
@@ -318,9 +318,15 @@ def _check_jobs(jobs: int, runtime: str = "inprocess") -> list[int]:
     return cpus
 
 
-def _parallel(jobs: list[Any], workers: int, cpus: list[int]) -> list[dict[str, Any]]:
-    """Run ``jobs`` (:class:`pf2lora.parallel.Job`) on ``workers`` pinned processes, one line per finished run."""
+def _parallel(jobs: list[Any], workers: int, cpus: list[int], fresh: list[tuple[Path, bool]]) -> list[dict[str, Any]]:
+    """Run ``jobs`` (:class:`pf2lora.parallel.Job`) on ``workers`` pinned processes, one line per finished run.
+
+    An input error a worker finds (a LoRA target that does not fit the model) removes what the new runs in
+    ``fresh`` (folder, whether it existed before) wrote, as :func:`_session` does in this process.
+    """
+    from pf2lora.errors import InputError
     from pf2lora.parallel import cpu_shares, run_jobs
+    from pf2lora.rundir import discard_new_run
 
     if not jobs:
         return []
@@ -341,7 +347,18 @@ def _parallel(jobs: list[Any], workers: int, cpus: list[int]) -> list[dict[str, 
             highlight=False,
         )
 
-    return run_jobs(jobs, workers, cpus, report)
+    try:
+        return run_jobs(jobs, workers, cpus, report)
+    except InputError:
+        for where, existed in fresh:
+            if where.exists():
+                discard_new_run(where, remove_dir=not existed)
+        raise
+
+
+def _fresh(where: Path) -> list[tuple[Path, bool]]:
+    """``[(where, whether it exists)]`` if a run started there now would be new (nothing there yet), else []."""
+    return [] if where.is_dir() and any(where.iterdir()) else [(where, where.exists())]
 
 
 def _flower(runtime: str, supernodes: int | None) -> Any:
@@ -481,10 +498,11 @@ def compare(
         runner = _run_all if local else _flower(runtime, supernodes)
         per_seed: dict[int, list[dict[str, Any]]] = {}
         found: dict[tuple[int, str], dict[str, Any]] = {}  # --jobs: (seed, algorithm) -> summary
-        todo, folders = [], []
+        todo, folders, fresh = [], [], []
         for seed in seed_list or [None]:
             where = out if seed is None else out / f"seed_{seed}"
             extra = [] if seed is None else [f"seed={seed}"]
+            fresh += _fresh(where)
             tokenize = local and jobs == 1  # --jobs: each worker tokenizes for its runs; here the checks only
             with _session(config, overrides + extra, where, resume, overwrite, tokenize=tokenize) as prepared:
                 cfg = prepared.cfg
@@ -498,7 +516,7 @@ def compare(
                     found[cfg.seed, name] = done
                 else:
                     todo.append(Job(cfg, name, run_dir, label))
-        for job, summary in zip(todo, _parallel(todo, jobs, cpus), strict=True):
+        for job, summary in zip(todo, _parallel(todo, jobs, cpus, fresh), strict=True):
             found[job.cfg.seed, job.algorithm] = summary
         for seed, where, names in folders:
             if seed not in per_seed:
@@ -561,6 +579,7 @@ def sweep(
         cpus = _check_jobs(jobs)
         found: dict[int, dict[str, Any]] = {}  # run index -> summary
         todo: list[tuple[int, Any]] = []  # --jobs: (run index, Job)
+        fresh: list[tuple[Path, bool]] = []
         for i, (point, seed, where) in enumerate(runs):
             label = f"point {i + 1}/{len(runs)}: {' '.join(spec.overrides(point))}" + (
                 "" if seed is None else f", seed {seed}"
@@ -571,12 +590,13 @@ def sweep(
             if jobs == 1:
                 console.print(label)
             extra = spec.overrides(point) + ([] if seed is None else [f"seed={seed}"])
+            fresh += _fresh(where)
             with _session(config, overrides + extra, where, resume, overwrite, tokenize=jobs == 1) as prepared:
                 if jobs == 1:
                     found[i] = _run_all(prepared, [prepared.cfg.algorithm], where, resume)[0]
                 else:
                     todo.append((i, Job(prepared.cfg, prepared.cfg.algorithm, where, label)))
-        found.update(zip([i for i, _ in todo], _parallel([job for _, job in todo], jobs, cpus), strict=True))
+        found.update(zip([i for i, _ in todo], _parallel([job for _, job in todo], jobs, cpus, fresh), strict=True))
         results: dict[tuple[str, ...], list[dict[str, Any]]] = {point: [] for point in spec.points()}
         for i, (point, _, _) in enumerate(runs):
             results[point].append(found[i])

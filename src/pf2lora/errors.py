@@ -30,3 +30,7 @@ class DivergenceError(RuntimeError):
 
 class FederationError(RuntimeError):
     """Too few clients took part in a round (nodes down or unreachable); the run stops with its last checkpoint."""
+
+
+class WorkerDied(RuntimeError):
+    """A ``--jobs`` worker process ended without reporting its run (killed by a signal or out of memory)."""

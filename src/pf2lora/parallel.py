@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import queue
+import signal
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pf2lora.config import ExperimentConfig, dump_config
-from pf2lora.errors import InputError
+from pf2lora.errors import InputError, WorkerDied
 
 
 @dataclass(frozen=True)
@@ -49,29 +53,66 @@ def run_jobs(
 ) -> list[dict[str, Any]]:
     """Run ``jobs`` on ``workers`` processes pinned to shares of ``cpus``; call ``on_done`` as each finishes;
     return their summaries in the order of ``jobs``. The shares are those of ``workers`` processes even when
-    fewer runs are left (a run's thread count follows ``--jobs``, not what remains). The first error stops every
-    worker (checkpoints stay) and is raised here."""
+    fewer runs are left (a run's thread count follows ``--jobs``, not what remains). The first error, or a
+    worker that dies (killed, out of memory), stops every worker (checkpoints stay) and is raised here."""
     shares = cpu_shares(cpus, workers)
     ctx = mp.get_context("spawn")  # a fresh interpreter: no torch thread pool or CUDA context inherited
-    queue = ctx.Queue()
-    for share in shares:
-        queue.put(share)
+    tasks, events = ctx.Queue(), ctx.Queue()
+    count = min(workers, len(jobs))
+    for index in [*range(len(jobs)), *[None] * count]:  # then one stop sign per worker
+        tasks.put(index)
+    procs = [ctx.Process(target=_worker, args=(w, shares[w], list(jobs), tasks, events)) for w in range(count)]
+    for proc in procs:
+        proc.start()
+    running: dict[int, int] = {}  # worker -> the job it is on
     results: dict[int, dict[str, Any]] = {}
-    pool = ctx.Pool(processes=min(workers, len(jobs)), initializer=_pin, initargs=(queue,))
     try:
-        for index, summary in pool.imap_unordered(_run, list(enumerate(jobs))):
-            results[index] = summary
-            on_done(jobs[index], summary)
-        pool.close()
+        while len(results) < len(jobs):
+            try:
+                kind, w, index, payload = events.get(timeout=1.0)
+            except queue.Empty:  # every report read: a worker gone without one has lost its run
+                for w, proc in enumerate(procs):
+                    if not proc.is_alive() and (w in running or proc.exitcode != 0):
+                        what = jobs[running[w]].label if w in running else "a worker"
+                        raise WorkerDied(f"{what}: its worker process died (exit code {proc.exitcode})") from None
+                continue
+            if kind == "start":
+                running[w] = index
+            elif kind == "error":
+                raise payload
+            else:
+                running.pop(w)
+                results[index] = payload
+                on_done(jobs[index], payload)
     finally:
-        pool.terminate()  # on an error or Ctrl-C: stop the other runs now, at their last checkpoint
-        pool.join()
+        for proc in procs:  # on an error or Ctrl-C: stop the other runs now, at their last checkpoint
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
     return [results[i] for i in range(len(jobs))]
 
 
-def _pin(queue: Any) -> None:
-    """Worker start: take one CPU share for the process's life, and as many torch threads."""
-    share = queue.get()
+def _worker(w: int, share: list[int], jobs: list[Job], tasks: Any, events: Any) -> None:
+    """One worker process: pin to ``share``, then run job after job from ``tasks``, reporting on ``events``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
+    _pin(share)
+    while (index := tasks.get()) is not None:
+        events.put(("start", w, index, None))
+        try:
+            summary = _run(jobs[index])
+        except Exception as e:
+            e.add_note(traceback.format_exc())  # shown with --debug
+            try:
+                pickle.dumps(e)
+            except Exception:
+                e = RuntimeError(f"{type(e).__name__}: {e}")
+            events.put(("error", w, index, e))
+            return
+        events.put(("done", w, index, summary))
+
+
+def _pin(share: list[int]) -> None:
+    """Worker start: keep to one CPU share for the process's life, with as many torch threads."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, share)
     import torch
@@ -87,12 +128,11 @@ def _pin(queue: Any) -> None:
 _PREPARED: dict[str, Any] = {}
 
 
-def _run(item: tuple[int, Job]) -> tuple[int, dict[str, Any]]:
+def _run(job: Job) -> dict[str, Any]:
     from pf2lora.experiment import prepare, run_algorithm
 
-    index, job = item
     key = dump_config(job.cfg)
     if key not in _PREPARED:
         _PREPARED.clear()
         _PREPARED[key] = prepare(job.cfg)
-    return index, run_algorithm(_PREPARED[key], job.algorithm, job.out)
+    return run_algorithm(_PREPARED[key], job.algorithm, job.out)
