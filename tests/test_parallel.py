@@ -135,7 +135,7 @@ def test_jobs_give_the_numbers_of_each_run_alone_on_one_cpu(tiny_config: Path, t
         output = proc.communicate(timeout=120)[0]
     finally:
         proc.kill()
-    assert proc.returncode == 1 and "worker process died (exit code -9)" in output, output
+    assert proc.returncode == 1 and "worker process was killed (signal 9, out of memory?)" in output, output
     assert len(output.strip().splitlines()) <= 3 and "Traceback" not in output  # the plan, finished runs, the error
     assert not Path(f"/proc/{workers[1]}").exists()  # the other worker was stopped and reaped
     again = on_cpus(cpus, *args, "--out", killed, "--jobs", "2", "--resume")

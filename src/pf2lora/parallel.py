@@ -74,7 +74,7 @@ def run_jobs(
                 for w, proc in enumerate(procs):
                     if not proc.is_alive() and (w in running or proc.exitcode != 0):
                         what = jobs[running[w]].label if w in running else "a worker"
-                        raise WorkerDied(f"{what}: its worker process died (exit code {proc.exitcode})") from None
+                        raise WorkerDied(f"{what}: its worker process {_how_it_ended(proc.exitcode)}") from None
                 continue
             if kind == "start":
                 running[w] = index
@@ -90,6 +90,14 @@ def run_jobs(
                 proc.terminate()
             proc.join()
     return [results[i] for i in range(len(jobs))]
+
+
+def _how_it_ended(code: int | None) -> str:
+    """A dead worker's exit code in words (a negative code is the signal that ended it)."""
+    code = code or 0
+    if code >= 0:
+        return f"exited with code {code}"
+    return f"was killed (signal {-code}" + (", out of memory?)" if code == -signal.SIGKILL else ")")
 
 
 def _worker(w: int, share: list[int], jobs: list[Job], tasks: Any, events: Any) -> None:
