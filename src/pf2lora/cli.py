@@ -219,13 +219,6 @@ def _config(path: Path, overrides: list[str] | None) -> Any:
     return load_config(path, overrides)
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # load reports about the freshly initialised task head are expected
-    hf_logging.disable_progress_bar()
-
-
 def _round_line(name: str, rnd: int, rounds: int, history: Any, metric: str, seconds: float) -> str:
     """One log line per round (for log files, where a progress bar shows nothing)."""
     losses = [r["train_loss"] for r in history.train if r["round"] == rnd and "train_loss" in r]
@@ -241,7 +234,6 @@ def _round_line(name: str, rnd: int, rounds: int, history: Any, metric: str, sec
 
 def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[dict[str, Any]]:
     """Run (or resume, or skip when finished) each algorithm, with a progress bar or per-round log lines."""
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pf2lora.algorithms import ALGORITHMS
@@ -288,14 +280,10 @@ def _run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[d
 
 
 def _finished(run_dir: Path, resume: bool, label: str) -> dict[str, Any] | None:
-    """The summary of a run that finished earlier, which ``--resume`` skips (saying so); else None."""
-    import json
+    """:func:`pf2lora.experiment.finished_run`, said on the console."""
+    from pf2lora.experiment import finished_run
 
-    summary = run_dir / "summary.json"
-    if not (resume and summary.is_file()):
-        return None
-    console.print(f"{label}: finished earlier, skipped (--resume)")
-    return json.loads(summary.read_text(encoding="utf-8"))
+    return finished_run(run_dir, resume, label, console.print)
 
 
 JobsOption = Annotated[
@@ -394,6 +382,7 @@ def _session(
     from pf2lora.devices import resolve_device
     from pf2lora.errors import InputError
     from pf2lora.experiment import prepare
+    from pf2lora.models import quiet_transformers
     from pf2lora.rundir import discard_new_run, open_run_dir
 
     cfg = _config(config, overrides)
@@ -402,7 +391,7 @@ def _session(
     resumed = open_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
     try:
         _threads()
-        _quiet_transformers()
+        quiet_transformers()
         yield prepare(cfg) if tokenize else prepare(cfg, only=[])
     except InputError:
         if not resumed:
@@ -641,10 +630,12 @@ RunDirArgument = Annotated[
 
 def _before_restoring(run_dir: Path) -> None:
     """Refuse a folder that is no run (before any model loads); set threads and quiet transformers."""
+    from pf2lora.models import quiet_transformers
+
     if not (run_dir / "config.resolved.yaml").is_file():
         _fail(f"{run_dir}: not a pf2lora run directory (no config.resolved.yaml)")
     _threads()
-    _quiet_transformers()
+    quiet_transformers()
 
 
 @app.command()

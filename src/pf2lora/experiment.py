@@ -625,6 +625,17 @@ def comparison_table(cfg: ExperimentConfig, per_seed: Mapping[int, Sequence[dict
     return "\n".join(lines) + "\n"
 
 
+def finished_run(run_dir: Path, resume: bool, label: str, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The summary of a run that finished earlier, which ``--resume`` skips (saying so); else None."""
+    import json
+
+    summary = run_dir / "summary.json"
+    if not (resume and summary.is_file()):
+        return None
+    say(f"{label}: finished earlier, skipped (--resume)")
+    return json.loads(summary.read_text(encoding="utf-8"))
+
+
 def algorithm_dir(out: Path, names: Sequence[str], name: str) -> Path:
     """Where algorithm ``name`` of a comparison of ``names`` writes: ``out/<name>``, or ``out`` if it runs alone."""
     return out / name if len(names) > 1 else out

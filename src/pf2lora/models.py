@@ -225,3 +225,11 @@ def head_modules(model: nn.Module, kind: ModelKind) -> list[str]:
     wanted = table.get(model_type, table.get("*", []))
     present = {n.split(".")[0] for n, _ in model.named_children()}
     return [h for h in wanted if h in present]
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports (a freshly initialised task head is expected) and progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

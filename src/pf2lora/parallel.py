@@ -123,13 +123,12 @@ def _pin(share: list[int]) -> None:
     """Worker start: keep to one CPU share for the process's life, with as many torch threads."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, share)
-    import torch
+    import torch  # after the affinity: OpenMP sizes its pool for this share
+
+    from pf2lora.models import quiet_transformers
 
     torch.set_num_threads(len(share))
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
 
 
 #: The last prepared data of this worker (runs of one seed share it), keyed by the config it came from.

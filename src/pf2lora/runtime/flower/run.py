@@ -95,7 +95,7 @@ def run_flower(
 ) -> list[dict[str, Any]]:
     """Run each algorithm in ``names`` on Flower into ``out`` (or ``out/<name>`` for several); their summaries."""
     from pf2lora.cli import available_cpus
-    from pf2lora.experiment import algorithm_dir
+    from pf2lora.experiment import algorithm_dir, finished_run
 
     cfg = prepared.cfg
     clients = cfg.partition.num_clients
@@ -110,9 +110,8 @@ def run_flower(
     pending = []
     for name in names:
         run_dir = algorithm_dir(out, names, name)
-        if resume and (run_dir / "summary.json").is_file():
-            say(f"{name}: finished earlier, skipped (--resume)")
-            summaries.append(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+        if (done := finished_run(run_dir, resume, name, say)) is not None:
+            summaries.append(done)
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.resolved.yaml", dump_config(cfg.model_copy(update={"algorithm": name})))
