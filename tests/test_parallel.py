@@ -20,7 +20,6 @@ from pf2lora.errors import InputError
 from pf2lora.parallel import cpu_shares
 
 TIMING = {"client_seconds", "seconds", "wall_seconds"}
-SHORT = ["--set", "federation.rounds=1", "--set", "federation.eval_every=1"]
 needs_two_cpus = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(usable_cpus()) < 2 or not (DATA / "glue" / "SST-2").is_dir(),
     reason="needs two CPUs, CPU affinity and ../shared/data",
@@ -57,6 +56,11 @@ def worker_pids(parent: int) -> list[int]:
                 if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
                     pids.append(int(child))
     return pids
+
+
+def mid_run(out: Path) -> bool:
+    """Whether some run under ``out`` has checkpointed a round and not yet finished."""
+    return any(not (c.parent / "summary.json").exists() for c in out.glob("seed_*/*/checkpoint"))
 
 
 def results(run_dir: Path) -> tuple[list[dict], dict]:
@@ -102,7 +106,7 @@ def test_jobs_errors_are_one_line_before_anything_runs(tiny_config: Path, tmp_pa
 
 @needs_two_cpus
 def test_jobs_give_the_numbers_of_each_run_alone_on_one_cpu(tiny_config: Path, tmp_path: Path) -> None:
-    args = ["compare", tiny_config, "--seeds", "0,1", *SHORT]
+    args = ["compare", tiny_config, "--seeds", "0,1"]  # the config's 6 rounds: time to kill a worker mid-run
     cpus, output = one_cpu_then_two_jobs(tmp_path, *args)
     assert f"4 runs, 2 at a time, each on one CPU share of {cpus[0]} | {cpus[1]}" in output
     assert output.count("] seed ") == 4  # one line per finished run
@@ -128,15 +132,21 @@ def test_jobs_give_the_numbers_of_each_run_alone_on_one_cpu(tiny_config: Path, t
     )
     try:
         deadline = time.monotonic() + 300
-        while not list(killed.glob("seed_*/*/metrics.jsonl")) or len(workers := worker_pids(proc.pid)) < 2:
+        # Kill when a run is past its first round and unfinished: two of the four runs are still to come, so the
+        # kill always lands before the end (a run takes about a second here).
+        while not mid_run(killed) or len(workers := worker_pids(proc.pid)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "no worker started a run"
-            time.sleep(0.05)
+            time.sleep(0.01)
         os.kill(workers[0], signal.SIGKILL)
         output = proc.communicate(timeout=120)[0]
     finally:
         proc.kill()
     assert proc.returncode == 1 and "worker process was killed (signal 9, out of memory?)" in output, output
-    assert len(output.strip().splitlines()) <= 3 and "Traceback" not in output  # the plan, finished runs, the error
+    # The plan, one line per run that finished before the kill, the error: nothing else, never a traceback.
+    plan, *finished, error = output.strip().splitlines()
+    assert plan.startswith("4 runs, 2 at a time") and plan.endswith("its metrics.jsonl"), output
+    assert len(finished) < 4 and all(line.startswith("[") and "] seed " in line for line in finished), output
+    assert error.startswith("error: ") and "Traceback" not in output
     assert not Path(f"/proc/{workers[1]}").exists()  # the other worker was stopped and reaped
     again = on_cpus(cpus, *args, "--out", killed, "--jobs", "2", "--resume")
     assert again.returncode == 0, again.stderr + again.stdout
@@ -146,7 +156,7 @@ def test_jobs_give_the_numbers_of_each_run_alone_on_one_cpu(tiny_config: Path, t
 
     # sweep --jobs: a one-point grid at the config's own α over both seeds runs PF2LoRA's runs above again
     grid = ["--grid", "algorithms.pf2lora.lr_private=0.1", "--seeds", "0,1"]
-    sweep = on_cpus(cpus, "sweep", tiny_config, *grid, *SHORT, "--out", tmp_path / "sweep", "--jobs", "2")
+    sweep = on_cpus(cpus, "sweep", tiny_config, *grid, "--out", tmp_path / "sweep", "--jobs", "2")
     assert sweep.returncode == 0, sweep.stderr + sweep.stdout
     assert "2 runs, 2 at a time" in sweep.stdout
     for seed in (0, 1):

@@ -28,6 +28,13 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 console = Console(width=100)
+
+
+def say(message: str) -> None:
+    """Plain text (no markup), never hard-wrapped: paths, the job plan and markdown tables stay whole in logs."""
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 
 
@@ -210,7 +217,7 @@ def _synthetic(
             str(r["true_effective_rank"]),
         )
     console.print(table)
-    console.print(f"wrote {out / 'metrics.jsonl'} and {out / 'synthetic.png'} in {time.perf_counter() - t0:.1f}s")
+    say(f"wrote {out / 'metrics.jsonl'} and {out / 'synthetic.png'} in {time.perf_counter() - t0:.1f}s")
 
 
 def _config(path: Path, overrides: list[str] | None) -> Any:
@@ -283,7 +290,7 @@ def _finished(run_dir: Path, resume: bool, label: str) -> dict[str, Any] | None:
     """:func:`pf2lora.experiment.finished_run`, said on the console."""
     from pf2lora.experiment import finished_run
 
-    return finished_run(run_dir, resume, label, console.print)
+    return finished_run(run_dir, resume, label, say)
 
 
 JobsOption = Annotated[
@@ -319,20 +326,18 @@ def _parallel(jobs: list[Any], workers: int, cpus: list[int], fresh: list[tuple[
     if not jobs:
         return []
     shares = " | ".join(",".join(map(str, share)) for share in cpu_shares(cpus, workers))
-    console.print(
+    say(
         f"{len(jobs)} runs, {min(workers, len(jobs))} at a time, each on one CPU share of {shares} "
         "(threads: its CPUs); each run's progress is in its metrics.jsonl",
-        highlight=False,
     )
     done = [0]
 
     def report(job: Any, summary: dict[str, Any]) -> None:
         done[0] += 1
         value = summary["final"]["mean"].get(summary["metric"])
-        console.print(
+        say(
             f"[{done[0]}/{len(jobs)}] {job.label}: {summary['metric']} "
             f"{value if value is None else format(value, '.2f')} in {summary['wall_seconds']:.0f}s",
-            highlight=False,
         )
 
     try:
@@ -363,7 +368,7 @@ def _flower(runtime: str, supernodes: int | None) -> Any:
     def run_all(prepared: Any, names: list[str], out: Path, resume: bool) -> list[dict[str, Any]]:
         from pf2lora.runtime.flower.run import run_flower
 
-        return run_flower(prepared, names, out, resume, runtime, supernodes, console.print)
+        return run_flower(prepared, names, out, resume, runtime, supernodes, say)
 
     return run_all
 
@@ -441,7 +446,7 @@ def run(
         cfg = prepared.cfg
         mean = summary["final"]["mean"]
         value = mean.get(summary["metric"])
-        console.print(
+        say(
             f"{cfg.algorithm}: mean client {summary['metric']} "
             f"{value if value is None else format(value, '.2f')} in {summary['wall_seconds']:.0f}s; wrote {out}"
         )
@@ -519,10 +524,8 @@ def compare(
             write_json(
                 out / "summary.json", {"seeds": seed_list, "summaries": {str(k): v for k, v in per_seed.items()}}
             )
-        console.print(table)
-        console.print(
-            f"wrote {out / 'table.md'} and {out / 'compare.png'}" + (" and per-seed folders" if seed_list else "")
-        )
+        say(table)
+        say(f"wrote {out / 'table.md'} and {out / 'compare.png'}" + (" and per-seed folders" if seed_list else ""))
 
 
 @app.command()
@@ -577,7 +580,7 @@ def sweep(
                 found[i] = done
                 continue
             if jobs == 1:
-                console.print(label)
+                say(label)
             extra = spec.overrides(point) + ([] if seed is None else [f"seed={seed}"])
             fresh += _fresh(where)
             with _session(config, overrides + extra, where, resume, overwrite, tokenize=jobs == 1) as prepared:
@@ -606,8 +609,8 @@ def sweep(
         for metric in sweep_metrics([s for r in results.values() for s in r]):
             plot_sweep(spec, results, metric, out / f"sweep_{metric}.png")
             plots.append(f"sweep_{metric}.png")
-        console.print(table)
-        console.print(f"wrote {out / 'sweep.md'}, {', '.join(plots)}")
+        say(table)
+        say(f"wrote {out / 'sweep.md'}, {', '.join(plots)}")
 
 
 def _seeds(text: str | None) -> list[int]:
@@ -651,7 +654,7 @@ def export(
 
         _before_restoring(run_dir)
         paths = export_run(run_dir, out, client)
-        console.print(f"wrote {len(paths)} PEFT adapter(s) under {out}")
+        say(f"wrote {len(paths)} PEFT adapter(s) under {out}")
 
 
 @app.command()
@@ -673,7 +676,7 @@ def predict(
             _fail(f"--out {out}: is a folder; name a file")
         _before_restoring(run_dir)
         n = predict_run(run_dir, out, client, split)
-        console.print(f"wrote {n} predictions to {out}")
+        say(f"wrote {n} predictions to {out}")
 
 
 def main() -> None:
