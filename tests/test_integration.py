@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from pf2lora.cli import app
 from pf2lora.config import ConfigError, load_config
-from pf2lora.experiment import predict_run, prepare, run_algorithm
+from pf2lora.experiment import comparison_table, predict_run, prepare, run_algorithm
 from pf2lora.metrics import generation_metrics, squad_em_f1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,10 @@ def test_e2e_smollm2(tmp_path):
     cfg = load_config(ROOT / "configs/mini/e2e.yaml", overrides)
     summary = run_algorithm(prepare(cfg), "pf2lora", tmp_path)
     assert {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr", "TER"} <= set(summary["final"]["mean"])
+    table = comparison_table(cfg, {0: [summary]})  # it says how many inputs were scored: beam search caps them
+    assert "own test split (its first 2 inputs)" in table and "(2 examples at most, from the `dev` split)" in table
+    header = next(line for line in table.splitlines() if line.startswith("| Method"))
+    assert "| BLEU |" in header and header.endswith("| global_BLEU | global_METEOR | global_CIDEr |"), header
     for cid, records in _predictions(tmp_path).items():  # `pf2lora predict` gives the sentences that were scored
         bleu = generation_metrics([r["prediction"] for r in records], [r["references"] for r in records])["BLEU"]
         assert bleu == pytest.approx(summary["final"]["clients"][cid]["BLEU"], abs=1e-9)

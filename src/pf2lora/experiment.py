@@ -582,22 +582,28 @@ def comparison_table(cfg: ExperimentConfig, per_seed: Mapping[int, Sequence[dict
         "f1": ["exact_match"],
         "BLEU": ["NIST", "METEOR", "METEOR_exact_match", "ROUGE_L", "CIDEr", "TER"],
     }
-    shared = {"accuracy": ["mcc"], "mcc": ["accuracy"]}  # the shared set is balanced: accuracy is balanced there
+    # the shared set is balanced: accuracy is balanced there; generation: the metrics that read the meaning too
+    shared = {"accuracy": ["mcc"], "mcc": ["accuracy"], "f1": ["exact_match"], "BLEU": ["METEOR", "CIDEr"]}
     found = {k for summaries in runs for summary in summaries for k in summary["final"]["mean"]}
     # METEOR's exact-match stand-in (no Java runtime) gets a column only where it was reported
     cols = [metric, *(c for c in extra.get(metric, []) if c != "METEOR_exact_match" or c in found)]
     cols += [f"global_{c}" for c in (metric, *shared.get(metric, [])) if f"global_{c}" in found]
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     split = global_split(cfg)
-    kind = "label-balanced " if DATASET_TASKS[cfg.data.dataset].kind == "classification" else ""
+    task_kind = DATASET_TASKS[cfg.data.dataset].kind
+    kind = "label-balanced " if task_kind == "classification" else ""
     where = "a held-out part of the pool" if split == "pool" else f"the `{split}` split"
+    # generation scores at most task.eval_examples_per_client inputs of each set (beam search is the cost)
+    limit = cfg.task.eval_examples_per_client if task_kind == "causal_lm" else 0
+    scored = min(cfg.data.global_examples, limit) if limit else cfg.data.global_examples
     lines = [
         f"**{cfg.name}** — {cfg.data.dataset}, {cfg.model.name}, {cfg.partition.num_clients} clients "
         f"({cfg.partition.method}), {cfg.federation.rounds} rounds × {cfg.federation.local_steps} local steps, "
         f"{over}. Personalized: mean over clients of each client's model on its own test split"
+        + (f" (its first {limit} inputs)" if limit else "")
         + (
             f"; global_*: mean over clients of each client's model on one shared {kind}set "
-            f"({cfg.data.global_examples} examples at most, from {where})"
+            f"({scored} examples at most, from {where})"
             if any(c.startswith("global_") for c in cols)
             else ""
         ),
