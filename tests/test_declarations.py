@@ -179,3 +179,35 @@ def test_compare_over_seeds_reports_mean_and_std(tiny_config: Path, tmp_path: Pa
     assert (tmp_path / "alone" / "compare.png").is_file() and "| FFA-LoRA |" in (
         tmp_path / "alone" / "table.md"
     ).read_text()
+
+
+@pytest.mark.parametrize("rounds", [[3], [0, 3]])
+def test_compare_plot_is_points_for_one_evaluation_and_curves_for_several(tmp_path: Path, monkeypatch, rounds):
+    import json
+
+    import matplotlib.pyplot as plt
+
+    import pf2lora.experiment as experiment
+
+    names = ["pf2lora", "homlora"]
+    for seed in (0, 1):
+        for i, name in enumerate(names):
+            rows = [
+                {"kind": "eval", "round": r, "client": c, "BLEU": 50.0 + i + seed + r, "global_BLEU": 40.0 + r}
+                for r in rounds
+                for c in ("0", "1")
+            ]
+            (tmp_path / f"seed_{seed}" / name).mkdir(parents=True)
+            (tmp_path / f"seed_{seed}" / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    figures = []
+    monkeypatch.setattr(experiment, "atomic_write", lambda path, write: figures.append(plt.gcf()))  # the figure
+    experiment.plot_comparison(tmp_path, names, "BLEU", [tmp_path / "seed_0", tmp_path / "seed_1"])
+    own, shared = figures[0].axes
+    if len(rounds) == 1:  # one point per method with its ± std bar, the methods on the x axis
+        assert [t.get_text() for t in own.get_xticklabels()] == ["PF2LoRA", "HOMLoRA"]
+        assert own.get_xlabel() == "after round 3"
+        assert [line.get_ydata()[0] for line in own.get_lines() if line.get_marker() == "o"] == [53.5, 54.5]
+    else:  # one curve per method over the evaluated rounds, the mean over seeds
+        assert [line.get_label() for line in own.get_lines()] == ["PF2LoRA", "HOMLoRA"]
+        assert list(own.get_lines()[1].get_ydata()) == [51.5, 54.5] and own.get_xlabel() == "round"
+    assert shared.get_title().startswith("global_BLEU")

@@ -668,24 +668,30 @@ def plot_comparison(out: Path, names: Sequence[str], metric: str, runs: Sequence
     keys = [k for k in (metric, f"global_{metric}") if any(k in r for per in evals.values() for r in per[0])]
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
+        series = {}  # per algorithm: the rounds all runs evaluated and each run's value there
         for name in names:
             curves = [dict(zip(*_mean_by_round(rows, key), strict=True)) for rows in evals[name]]
             rounds = sorted(set.intersection(*(set(c) for c in curves)))
-            if not rounds:
-                continue
-            values = np.array([[c[k] for k in rounds] for c in curves])
-            (line,) = ax.plot(rounds, values.mean(0), label=display_name(name))
-            if len(runs) > 1:
-                spread = values.std(0, ddof=1)
-                ax.fill_between(
-                    rounds, values.mean(0) - spread, values.mean(0) + spread, color=line.get_color(), alpha=0.2
-                )
+            if rounds:
+                series[name] = rounds, np.array([[c[k] for k in rounds] for c in curves])
+        if series and all(len(rounds) == 1 for rounds, _ in series.values()):  # evaluated once: points, not lines
+            for i, (_, values) in enumerate(series.values()):
+                err = values.std(0, ddof=1)[0] if len(runs) > 1 else 0.0
+                ax.errorbar(i, values.mean(), yerr=err, fmt="o", capsize=4, color=f"C{i}")
+            ax.set_xticks(range(len(series)), [display_name(name) for name in series])
+            ax.set_xlabel(f"after round {next(iter(series.values()))[0][0]}")
+        else:
+            for name, (rounds, values) in series.items():
+                (line,) = ax.plot(rounds, values.mean(0), label=display_name(name))
+                if len(runs) > 1:
+                    low, high = values.mean(0) - values.std(0, ddof=1), values.mean(0) + values.std(0, ddof=1)
+                    ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+            ax.set_xlabel("round")
+            ax.legend()
         where = "each client's own test split" if key == metric else "the shared held-out set"
         seeds = f"; mean ± std over {len(runs)} seeds" if len(runs) > 1 else ""
         ax.set_title(f"{key}\nmean over clients, on {where}{seeds}", fontsize=10)
-        ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-        ax.legend()
     fig.tight_layout()
     atomic_write(out / "compare.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
