@@ -590,11 +590,10 @@ def comparison_table(cfg: ExperimentConfig, per_seed: Mapping[int, Sequence[dict
     cols += [f"global_{c}" for c in (metric, *shared.get(metric, [])) if f"global_{c}" in found]
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     split = global_split(cfg)
-    task_kind = DATASET_TASKS[cfg.data.dataset].kind
-    kind = "label-balanced " if task_kind == "classification" else ""
+    task = DATASET_TASKS[cfg.data.dataset](None, cfg.task)
+    kind = "label-balanced " if task.kind == "classification" else ""
     where = "a held-out part of the pool" if split == "pool" else f"the `{split}` split"
-    # generation scores at most task.eval_examples_per_client inputs of each set (beam search is the cost)
-    limit = cfg.task.eval_examples_per_client if task_kind == "causal_lm" else 0
+    limit = task.eval_limit  # the examples of each set that are scored (generation: beam search caps them)
     scored = min(cfg.data.global_examples, limit) if limit else cfg.data.global_examples
     lines = [
         f"**{cfg.name}** — {cfg.data.dataset}, {cfg.model.name}, {cfg.partition.num_clients} clients "
@@ -682,10 +681,11 @@ def plot_comparison(out: Path, names: Sequence[str], metric: str, runs: Sequence
             ax.set_xlabel(f"after round {next(iter(series.values()))[0][0]}")
         else:
             for name, (rounds, values) in series.items():
-                (line,) = ax.plot(rounds, values.mean(0), label=display_name(name))
+                mean = values.mean(0)
+                (line,) = ax.plot(rounds, mean, label=display_name(name))
                 if len(runs) > 1:
-                    low, high = values.mean(0) - values.std(0, ddof=1), values.mean(0) + values.std(0, ddof=1)
-                    ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+                    sd = values.std(0, ddof=1)
+                    ax.fill_between(rounds, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
             ax.set_xlabel("round")
             ax.legend()
         where = "each client's own test split" if key == metric else "the shared held-out set"

@@ -27,6 +27,11 @@ class Task(ABC):
     #: Keys of a training batch that are targets of the loss, not inputs of the model.
     targets: tuple[str, ...] = ("labels",)
 
+    @property
+    def eval_limit(self) -> int:
+        """How many examples of a test set are scored (0: all of them)."""
+        return 0
+
     @staticmethod
     def loss(net: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """HF models return their task loss when the batch holds labels/positions."""

@@ -92,9 +92,14 @@ class Generation(Task):
         rows = self.encode(train)
         return ClientData(cid, len(rows), lambda idx: self.collate([rows[i] for i in idx]), test=self.test_set(test))
 
+    @property
+    def eval_limit(self) -> int:
+        """``task.eval_examples_per_client``: beam search is the cost of evaluation."""
+        return self.settings.eval_examples_per_client
+
     def test_set(self, examples: Sequence[GenExample]) -> list[GenExample]:
-        """At most ``eval_examples_per_client`` sources (beam search is the cost of evaluation)."""
-        limit = self.settings.eval_examples_per_client
+        """At most :attr:`eval_limit` sources."""
+        limit = self.eval_limit
         return list(examples)[:limit] if limit else list(examples)
 
     def generate(self, model: AdaptedModel, params: Params, sources: Sequence[str]) -> list[str]:
